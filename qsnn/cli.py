@@ -1,0 +1,34 @@
+"""The entry point of every run.py: parse overrides, validate, run; user errors end in one line."""
+import sys
+from pathlib import Path
+
+from .config import format_help, parse_args, read_key_comments, validate
+from .errors import UserError
+
+
+def main(config, demo=None, argv=None):
+    """Run the experiment that `config` (a run.py's dict) describes, with command-line overrides."""
+    source = Path(sys._getframe(1).f_code.co_filename)  # the run.py whose comments document the keys
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg, flags = parse_args(config, argv, demo)
+        if flags["help"]:
+            print(format_help(config, read_key_comments(source), _display_path(source)))
+            return 0
+        validate(cfg)
+        from .experiment import run_experiment  # heavy imports only once the config is known to be good
+
+        run_experiment(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
+    except UserError as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    return 0
+
+
+def _display_path(source):
+    """run.py's path relative to the working directory when possible, for the usage line."""
+    try:
+        return str(source.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(source)

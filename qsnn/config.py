@@ -1,0 +1,239 @@
+"""Command-line overrides, help and validation for the config dict of a run.py.
+
+Every key of the dict can be set as `--key value` or `--key=value`; the value keeps the type of
+the default. `--help` prints each key with its default and the comment beside it in run.py.
+"""
+import ast
+import io
+import json
+import os
+import tokenize
+from pathlib import Path
+
+from .errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Keys that also accept None, with the type of their other values.
+NULLABLE = {"num_bits": int, "grad_clip": float, "weight_clip": float}
+CHOICES = {
+    "dataset": ("mnist", "fashion_mnist", "digits", "dvs128_gesture"),
+    "scheduler": ("cosine", "cosine_restarts", "cyclic", "step", "constant"),
+    "execution": ("fast", "reference"),
+}
+FLAGS = {
+    "--demo": "run the short offline demo preset (scikit-learn digits) instead of the full experiment",
+    "--resume": "continue an interrupted run in the same folder: skip finished trials, resume the last one",
+    "--overwrite": "delete the results already in the run folder and start again",
+    "--config FILE": "read key values from a JSON file (as written by tune.py) before other overrides",
+    "--help": "show this message",
+}
+
+
+def read_key_comments(path):
+    """Map each `"key": value,  # comment` line of a Python file to its comment."""
+    comments, pending = {}, None
+    with open(path, encoding="utf-8") as f:
+        tokens = list(tokenize.generate_tokens(f.readline))
+    for i, tok in enumerate(tokens):
+        if tok.type == tokenize.STRING and i + 1 < len(tokens) and tokens[i + 1].string == ":":
+            try:
+                pending = (ast.literal_eval(tok.string), tok.start[0])
+            except (ValueError, SyntaxError):
+                pending = None
+        elif tok.type == tokenize.COMMENT and pending and pending[1] == tok.start[0]:
+            comments[pending[0]] = tok.string.lstrip("#").strip()
+            pending = None
+    return comments
+
+
+def format_help(defaults, comments, prog):
+    """The --help text: flags, then every key with its default and comment."""
+    lines = [f"usage: python {prog} [--KEY VALUE ...] [--demo] [--resume | --overwrite] [--config FILE]", ""]
+    lines += ["flags:"] + [f"  {flag:<16} {text}" for flag, text in FLAGS.items()]
+    lines += ["", "config keys (default, then meaning):"]
+    width = max(len(k) for k in defaults) + 2
+    for key, value in defaults.items():
+        lines.append(f"  --{key:<{width}} {value!r:<14} {comments.get(key, '')}")
+    return "\n".join(lines)
+
+
+def coerce(key, text, default):
+    """Parse a command-line string for `key` into the type of its default, or raise UserError."""
+    if isinstance(default, str) and key not in NULLABLE:
+        return text
+    if isinstance(text, str):
+        lowered = text.strip().lower()
+        try:
+            value = {"true": True, "false": False, "none": None, "null": None}[lowered]
+        except KeyError:
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+    else:
+        value = text
+    return check_type(key, value, default)
+
+
+def check_type(key, value, default):
+    """Return value if it has the default's type (ints promote to floats), else raise UserError."""
+    wanted = NULLABLE.get(key, type(default))
+    if value is None and key in NULLABLE:
+        return None
+    if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is wanted:
+        return value
+    allowed = wanted.__name__ + (" or None" if key in NULLABLE else "")
+    raise UserError(f"--{key} expects {allowed}, got {value!r}; valid keys: {', '.join(KEYS_HINT)}")
+
+
+KEYS_HINT = []  # filled by parse_args so messages can list the valid keys
+
+
+def split_argv(argv):
+    """Split ['--a', '1', '--b=2', '--flag'] into [(name, text or None)] pairs."""
+    pairs, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}: use --KEY VALUE (see --help)")
+        if "=" in arg:
+            name, text = arg[2:].split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            name, text = arg[2:], argv[i + 1]
+            i += 1
+        else:
+            name, text = arg[2:], None
+        pairs.append((name, text))
+        i += 1
+    return pairs
+
+
+def parse_args(defaults, argv, demo=None):
+    """Apply --demo, --config FILE and --key value overrides to a copy of defaults.
+
+    Returns (cfg, flags) where flags holds the booleans demo, resume, overwrite and help.
+    """
+    KEYS_HINT[:] = list(defaults)
+    cfg = dict(defaults)
+    flags = {"demo": False, "resume": False, "overwrite": False, "help": False}
+    pairs = split_argv(argv)
+    for name, text in pairs:
+        if name in flags and text is None:
+            flags[name] = True
+    if flags["demo"]:
+        if demo is None:
+            raise UserError("this run.py has no --demo preset; try python mnist/run.py --demo")
+        cfg.update(demo)
+    for name, text in pairs:
+        if name == "config":
+            cfg.update(read_config_file(text, defaults))
+    for name, text in pairs:
+        if name in flags or name == "config":
+            continue
+        if name not in defaults:
+            raise UserError(f"unknown config key --{name}; valid keys: {', '.join(defaults)}")
+        if text is None and not isinstance(defaults[name], bool):
+            raise UserError(f"--{name} needs a value, e.g. --{name} {defaults[name]!r}")
+        cfg[name] = True if text is None else coerce(name, text, defaults[name])
+    return cfg, flags
+
+
+def read_config_file(path, defaults):
+    """Key values from a JSON file: either a plain dict or a run folder's config.json."""
+    if path is None:
+        raise UserError("--config needs a file path, e.g. --config best_config.json")
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read --config {path}: {e}") from None
+    values = data.get("config", data) if isinstance(data, dict) else None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path} must hold a JSON object of config keys")
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise UserError(f"--config {path} has unknown keys {unknown}; valid keys: {', '.join(defaults)}")
+    return {k: check_type(k, v, defaults[k]) for k, v in values.items()}
+
+
+def resolve_path(path):
+    """A config path: absolute as given, relative ones against the repository root."""
+    path = Path(os.path.expanduser(path))
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _range_checks():
+    """(key, test, what is allowed) for every numeric key that has a range."""
+    positive = lambda v: v > 0  # noqa: E731
+    unit = lambda v: 0 <= v <= 1  # noqa: E731
+    checks = [(k, positive, "> 0") for k in (
+        "lr", "threshold", "slope", "num_steps", "num_steps_train", "num_steps_test", "batch_size",
+        "test_batch_size", "epochs", "patience", "num_trials", "t_max", "t_0", "step_size_up",
+        "step_size", "base_lr")]
+    checks += [(k, unit, "within [0, 1]") for k in ("beta", "correct_rate", "incorrect_rate")]
+    checks += [
+        ("dropout", lambda v: 0 <= v < 1, "within [0, 1)"),
+        ("val_split", lambda v: 0 <= v < 1, "within [0, 1)"),
+        ("eta_min", lambda v: v >= 0, ">= 0"),
+        ("gamma", lambda v: 0 < v <= 1, "within (0, 1]"),
+        ("t_mult", lambda v: v >= 1, ">= 1"),
+        ("num_workers", lambda v: v >= 0, ">= 0"),
+        ("time_chunk", lambda v: v >= 0, ">= 0 (0 = automatic)"),
+        ("num_bits", lambda v: v is None or 1 <= v <= 16, "None (full precision) or 1..16"),
+        ("grad_clip", lambda v: v is None or v > 0, "None (off) or > 0"),
+        ("weight_clip", lambda v: v is None or v > 0, "None (off) or > 0"),
+    ]
+    return checks
+
+
+def validate(cfg):
+    """Check every value before any data is touched; raise one UserError listing each problem on a line."""
+    problems = []
+    for key, allowed in CHOICES.items():
+        if key in cfg and cfg[key] not in allowed:
+            problems.append(f"--{key} {cfg[key]!r} is not allowed; choose one of {', '.join(allowed)}")
+    for key, test, allowed in _range_checks():
+        if key in cfg and not test(cfg[key]):
+            problems.append(f"--{key} {cfg[key]!r} is not allowed; must be {allowed}")
+    if cfg.get("scheduler") == "cyclic" and cfg["base_lr"] >= cfg["lr"]:
+        problems.append(f"--base_lr {cfg['base_lr']!r} is not allowed; the cyclic schedule needs base_lr < lr ({cfg['lr']!r})")
+    device_problem = check_device(cfg["device"])
+    if device_problem:
+        problems.append(device_problem)
+    output_problem = check_writable(resolve_path(cfg["output_dir"]))
+    if output_problem:
+        problems.append(output_problem)
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def check_device(name):
+    """None if the device name is usable here, else a one-line problem."""
+    import torch
+
+    if name in ("auto", "cpu"):
+        return None
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name[5:] or "0"
+        if not index.isdigit():
+            return f"--device {name!r} is not allowed; use auto, cpu, cuda or cuda:N"
+        if not torch.cuda.is_available():
+            return f"--device {name!r} asks for CUDA, but no CUDA device is available here; use --device cpu or auto"
+        if int(index) >= torch.cuda.device_count():
+            return f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here"
+        return None
+    return f"--device {name!r} is not allowed; use auto, cpu, cuda or cuda:N"
+
+
+def check_writable(folder):
+    """None if results can be written under folder (created if needed), else a one-line problem."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        return f"--output_dir {str(folder)!r} is not writable ({e.strerror}); choose another folder"
+    return None

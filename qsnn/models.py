@@ -1,0 +1,214 @@
+"""The paper's quantized spiking networks, with a reference and a fast execution of the same maths.
+
+Every layer is `conv (no bias) -> 2x2 avg-pool -> BatchNorm (optional) -> LIF`, and the head is
+`flatten -> linear (no bias) -> dropout -> LIF`. Tensors are time-first: `[T, B, C, H, W]`.
+
+- reference: the paper's formulation. Each layer module is called once per time step, so
+  Brevitas re-quantizes the weights and BatchNorm updates its running statistics T times.
+- fast: the layers run one after the other over all time steps (SpikingJelly's multi-step
+  mode). Weights are quantized once per forward, each 2x2 average pool is folded into its
+  convolution (a stride-2 conv with a 6x6 kernel), a static input's first layer is computed
+  once, and the LIF recurrence runs in one autograd Function (`qsnn.neurons`).
+"""
+import brevitas.nn as qnn
+import snntorch as snn
+import torch
+import torch.nn.functional as F
+from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
+from snntorch import surrogate
+from torch import nn
+
+from .neurons import lif_sequence
+
+# Layer sizes per input kind: channels of the two conv layers, input side, classes.
+ARCHITECTURES = {
+    "image": dict(in_channels=1, channels=(16, 64), input_size=28, num_classes=10),
+    "event": dict(in_channels=2, channels=(16, 32), input_size=32, num_classes=11),
+}
+
+
+def quant_layer(kind, *args, num_bits):
+    """A bias-free Conv2d/Linear: plain float when num_bits is None, else Brevitas-quantized weights."""
+    plain, quant = {"conv": (nn.Conv2d, qnn.QuantConv2d), "linear": (nn.Linear, qnn.QuantLinear)}[kind]
+    if num_bits is None:
+        return plain(*args, bias=False)
+    if num_bits == 1:
+        # Brevitas' default integer quantizer divides by 2^(b-1) - 1 = 0 at one bit (NaN weights).
+        return quant(*args, bias=False, weight_quant=SignedBinaryWeightPerTensorConst)
+    return quant(*args, bias=False, weight_bit_width=num_bits)
+
+
+def effective_weight(layer):
+    """The weight the layer really multiplies by: dequantized for Brevitas layers (STE gradient)."""
+    if isinstance(layer, (qnn.QuantConv2d, qnn.QuantLinear)):
+        return layer.quant_weight().value
+    return layer.weight
+
+
+def fold_avg_pool(weight):
+    """Kernel K' such that conv(x, K', stride 2) == avg_pool2x2(conv(x, K)): K correlated with a 2x2 box of 1/4."""
+    shifted = [F.pad(weight, (left, 1 - left, top, 1 - top)) for top in (0, 1) for left in (0, 1)]
+    return (shifted[0] + shifted[1] + shifted[2] + shifted[3]) / 4
+
+
+def batch_norm_static(x, bn, num_steps):
+    """BatchNorm of an input that is identical at all num_steps steps, as T sequential calls would leave it."""
+    if not bn.training:
+        return bn(x)
+    # T updates with the same statistics s: r <- (1-m)^T r + (1 - (1-m)^T) s, in one call.
+    momentum = 1 - (1 - bn.momentum) ** num_steps
+    out = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, momentum, bn.eps)
+    bn.num_batches_tracked.add_(num_steps)
+    return out
+
+
+def batch_norm_over_time(x, bn):
+    """BatchNorm of a [T, B, C, H, W] sequence with per-time-step batch statistics, as T calls would."""
+    steps, batch, channels = x.shape[:3]
+    if not bn.training:
+        return bn(x.flatten(0, 1)).view(x.shape)
+    # Each (step, channel) pair becomes one channel of a [B, T*C, H, W] batch: one kernel call
+    # computes every step's statistics, with the same arithmetic as T separate calls.
+    by_sample = x.transpose(0, 1).reshape(batch, steps * channels, *x.shape[3:])
+    out = F.batch_norm(by_sample, None, None, bn.weight.repeat(steps), bn.bias.repeat(steps),
+                       True, 0.0, bn.eps)
+    with torch.no_grad():
+        means = x.mean((1, 3, 4))
+        variances = x.var((1, 3, 4), unbiased=True)  # running_var tracks the unbiased estimate
+        _update_running_stats(bn, means, variances)
+    return out.view(batch, steps, *x.shape[2:]).transpose(0, 1)  # back to [T, B, C, H, W]
+
+
+def _update_running_stats(bn, means, variances):
+    """Apply T sequential running-statistics updates (rows of means/variances, [T, C]) in closed form."""
+    steps = means.shape[0]
+    keep = 1 - bn.momentum
+    # The statistics of step t are weighted m * (1-m)^(T-1-t); the old value (1-m)^T.
+    weights = bn.momentum * keep ** torch.arange(steps - 1, -1, -1, device=means.device, dtype=means.dtype)
+    bn.running_mean.mul_(keep**steps).add_(weights @ means)
+    bn.running_var.mul_(keep**steps).add_(weights @ variances)
+    bn.num_batches_tracked.add_(steps)
+
+
+class SpikingConvBlock(nn.Module):
+    """conv 5x5 (no bias) -> avg-pool 2x2 -> BatchNorm (optional) -> LIF."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, num_bits, batch_norm, slope, neuron):
+        super().__init__()
+        self.conv = quant_layer("conv", in_channels, out_channels, kernel_size, num_bits=num_bits)
+        self.pool = nn.AvgPool2d(2)
+        self.bn = nn.BatchNorm2d(out_channels) if batch_norm else None
+        self.lif = snn.Leaky(**neuron)
+        self.slope = slope
+
+    def step(self, x, mem):
+        """Reference: one time step on x [B, C, H, W]; returns (spk, mem)."""
+        current = self.pool(self.conv(x))
+        if self.bn is not None:
+            current = self.bn(current)
+        return self.lif(current, mem)
+
+    def run(self, x, num_steps=None, time_chunk=1):
+        """Fast: all steps of x [T, B, C, H, W], or of a static x [B, C, H, W] repeated num_steps times."""
+        weight = fold_avg_pool(effective_weight(self.conv))
+        if num_steps is not None:
+            current = F.conv2d(x, weight, stride=2)
+            if self.bn is not None:
+                current = batch_norm_static(current, self.bn, num_steps)
+        else:
+            current = conv_over_time(x, weight, time_chunk)
+            if self.bn is not None:
+                current = batch_norm_over_time(current, self.bn)
+        return lif_sequence(current, self.lif.beta, self.lif.threshold, self.slope, num_steps)
+
+
+def conv_over_time(x, weight, time_chunk):
+    """Stride-2 conv of every step of x [T, B, C, H, W], time_chunk steps per call (0: all at once)."""
+    steps = x.shape[0]
+    chunk = steps if time_chunk <= 0 else time_chunk
+    # unbind/split give views; indexing x[t] inside autograd would cost a full-size gradient per step.
+    outputs = [F.conv2d(part.flatten(0, 1), weight, stride=2).unflatten(0, part.shape[:2])
+               for part in x.split(chunk, dim=0)]
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+
+
+class SpikingHead(nn.Module):
+    """flatten -> linear (no bias) -> dropout -> LIF: the output layer; its spikes vote for a class."""
+
+    def __init__(self, in_features, num_classes, num_bits, dropout, slope, neuron):
+        super().__init__()
+        self.fc = quant_layer("linear", in_features, num_classes, num_bits=num_bits)
+        self.dropout = nn.Dropout(dropout)
+        self.lif = snn.Leaky(**neuron)
+        self.slope = slope
+
+    def step(self, x, mem):
+        """Reference: one time step on x [B, ...]; returns (spk, mem)."""
+        return self.lif(self.dropout(self.fc(x.flatten(1))), mem)
+
+    def run(self, x):
+        """Fast: all steps of x [T, B, ...] in one matmul."""
+        current = self.dropout(F.linear(x.flatten(2), effective_weight(self.fc)))
+        return lif_sequence(current, self.lif.beta, self.lif.threshold, self.slope)
+
+
+class QSNN(nn.Module):
+    """Two spiking conv blocks and a spiking linear head, with reference and fast executions."""
+
+    def __init__(self, in_channels, channels, input_size, num_classes, num_bits=4, beta=0.9,
+                 threshold=1.0, slope=25.0, dropout=0.0, batch_norm=True, kernel_size=5,
+                 execution="fast", time_chunk=0):
+        super().__init__()
+        neuron = dict(beta=beta, threshold=threshold, spike_grad=surrogate.fast_sigmoid(slope=slope))
+        side = input_size
+        blocks, width = [], in_channels
+        for out in channels:
+            blocks.append(SpikingConvBlock(width, out, kernel_size, num_bits, batch_norm, slope, neuron))
+            side, width = (side - kernel_size + 1) // 2, out
+        self.blocks = nn.ModuleList(blocks)
+        self.head = SpikingHead(width * side * side, num_classes, num_bits, dropout, slope, neuron)
+        self.execution = execution
+        self.time_chunk = time_chunk
+
+    def forward(self, x, num_steps=None, record=False):
+        """x: static [B, C, H, W] shown at each of num_steps steps, or a sequence [T, B, C, H, W].
+
+        Returns the output layer's (spikes, membrane), each [T, B, classes]; with record=True a
+        list of (spikes, membrane) for every layer instead.
+        """
+        if (num_steps is None) == (x.dim() == 4):
+            raise ValueError("give num_steps with a static [B, C, H, W] input and only then")
+        run = self._run_reference if self.execution == "reference" else self._run_fast
+        layers = run(x, num_steps)
+        return layers if record else layers[-1]
+
+    def _run_reference(self, x, num_steps):
+        modules = [*self.blocks, self.head]
+        mems = [m.lif.reset_mem() for m in modules]  # zero membrane at the start of every sample
+        record = [([], []) for _ in modules]
+        steps = x.unbind(0) if num_steps is None else [x] * num_steps
+        for x_t in steps:
+            out = x_t
+            for i, module in enumerate(modules):
+                out, mems[i] = module.step(out, mems[i])
+                record[i][0].append(out)
+                record[i][1].append(mems[i])
+        return [(torch.stack(spk), torch.stack(mem)) for spk, mem in record]
+
+    def _run_fast(self, x, num_steps):
+        time_chunk = self.time_chunk or (0 if x.is_cuda else 1)
+        layers, out = [], x
+        for i, block in enumerate(self.blocks):
+            out, mem = block.run(out, num_steps if i == 0 else None, time_chunk)
+            layers.append((out, mem))
+        layers.append(self.head.run(out))
+        return layers
+
+
+def build_model(cfg):
+    """The network that a config dict describes."""
+    kind = "event" if cfg["dataset"] == "dvs128_gesture" else "image"
+    return QSNN(**ARCHITECTURES[kind], num_bits=cfg["num_bits"], beta=cfg["beta"],
+                threshold=cfg["threshold"], slope=cfg["slope"], dropout=cfg["dropout"],
+                batch_norm=cfg["batch_norm"], execution=cfg["execution"],
+                time_chunk=cfg["time_chunk"])

@@ -1,0 +1,236 @@
+"""Training: one epoch, a test pass, and a trial with early stopping, checkpoints and logs.
+
+`run_experiment` (in qsnn.experiment) runs the trials of a config; this module holds the loop.
+"""
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import snntorch.functional as SF
+import torch
+from tqdm.auto import tqdm
+
+from . import runlog
+from .models import build_model
+from .schedules import build_scheduler
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite."""
+
+
+class StopRequested(Exception):
+    """A signal asked the run to stop; the last completed epoch is saved."""
+
+
+def train_steps(cfg):
+    """Time steps per training sample."""
+    return cfg.get("num_steps_train", cfg.get("num_steps"))
+
+
+def test_steps(cfg):
+    """Time steps per test sample."""
+    return cfg.get("num_steps_test", cfg.get("num_steps"))
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_states(generator):
+    """Every random state a resumed epoch needs to continue exactly."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "shuffle": generator.get_state()}
+
+
+def set_rng_states(states, generator):
+    """Restore what rng_states saved."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    generator.set_state(states["shuffle"])
+
+
+@lru_cache(maxsize=None)
+def snntorch_loss_is_per_step():
+    """True if this snnTorch's mse_count_loss already divides by the number of steps (newer versions)."""
+    spikes = torch.zeros(2, 1, 2)  # T=2, B=1, 2 classes; target 0 wants 2 spikes: MSE = (4 + 0) / 2
+    return SF.mse_count_loss(correct_rate=1.0, incorrect_rate=0.0)(spikes, torch.tensor([0])).item() == 1.0
+
+
+def logged_loss(loss, num_steps):
+    """The paper logs mse_count_loss divided by the number of time steps."""
+    return loss if snntorch_loss_is_per_step() else loss / num_steps
+
+
+def run_network(model, x, num_steps):
+    """Output spikes [T, B, classes] for a batch of static images [B, C, H, W] or events [B, T, C, H, W]."""
+    if x.dim() == 5:
+        return model(x.transpose(0, 1))[0]  # [B, T, C, H, W] -> [T, B, C, H, W]
+    return model(x, num_steps=num_steps)[0]
+
+
+@torch.no_grad()
+def evaluate(model, loader, num_steps, device):
+    """Accuracy in percent (snntorch accuracy_rate: class with most output spikes) over a loader."""
+    model.eval()
+    correct, total = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        correct += SF.accuracy_rate(run_network(model, x, num_steps), y) * len(y)
+        total += len(y)
+    return float(100.0 * correct / total)
+
+
+def clamp_weights(model, bound):
+    """Clamp every conv/linear weight to [-bound, bound] (the paper's DVS setting)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("weight") and param.dim() > 1:
+                param.clamp_(-bound, bound)
+
+
+def train_epoch(model, loader, optimizer, scheduler, loss_fn, cfg, device, epoch, should_stop):
+    """Train one epoch; returns (per-iteration logged losses, per-iteration learning rates)."""
+    model.train()
+    num_steps = train_steps(cfg)
+    losses, lrs, shown = [], [], 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        loss = loss_fn(run_network(model, x, num_steps), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["grad_clip"] is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        optimizer.step()
+        if cfg["weight_clip"] is not None:
+            clamp_weights(model, cfg["weight_clip"])
+        scheduler.step()
+        losses.append(logged_loss(loss.detach(), num_steps))
+        if len(losses) - shown >= 20 or len(losses) == len(loader):
+            # Reading the loss waits for the device, so do it every few iterations only.
+            recent = torch.stack(losses[shown:]).tolist()
+            check_finite(recent, epoch, shown)
+            shown = len(losses)
+            bar.set_postfix(loss=f"{recent[-1]:.4f}", lr=f"{lrs[-1]:.2e}")
+        if should_stop():
+            raise StopRequested
+    return torch.stack(losses).tolist(), lrs
+
+
+def check_finite(values, epoch, offset):
+    """Raise NonFiniteLoss naming the first NaN/inf value's iteration within the epoch."""
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"non-finite loss ({value}) at epoch {epoch}, iteration {offset + i + 1} of the epoch")
+
+
+@dataclass
+class TrialState:
+    """Progress of one trial: what the logs hold and what early stopping needs."""
+    epoch: int = 0
+    iteration: int = 0
+    best_score: float = -1.0
+    best_epoch: int = 0
+    loss_rows: list = field(default_factory=list)
+    lr_rows: list = field(default_factory=list)
+    acc_rows: list = field(default_factory=list)
+
+    def add_epoch(self, losses, lrs, accuracy_row):
+        """Append one finished epoch's rows."""
+        self.epoch += 1
+        first = self.iteration + 1
+        self.loss_rows += [(self.epoch, first + i, v) for i, v in enumerate(losses)]
+        self.lr_rows += [(self.epoch, first + i, v) for i, v in enumerate(lrs)]
+        self.iteration += len(losses)
+        self.acc_rows.append((self.epoch, *accuracy_row))
+
+    def write_logs(self, files, acc_header):
+        """Rewrite the three CSV logs (atomically)."""
+        runlog.write_csv(files["loss"], ("epoch", "iteration", "loss"), self.loss_rows)
+        runlog.write_csv(files["lr"], ("epoch", "iteration", "lr"), self.lr_rows)
+        runlog.write_csv(files["acc"], acc_header, self.acc_rows)
+
+
+def build_training(cfg, device):
+    """Model, Adam optimizer, per-iteration LR scheduler and loss for a config."""
+    model = build_model(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.999))
+    scheduler = build_scheduler(optimizer, cfg)
+    loss_fn = SF.mse_count_loss(correct_rate=cfg["correct_rate"], incorrect_rate=cfg["incorrect_rate"])
+    return model, optimizer, scheduler, loss_fn
+
+
+def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=False):
+    """Train trial k (seeded with seed + k) with early stopping; returns its TrialState.
+
+    `generator` is the one the training loader shuffles with; it is re-seeded for the trial.
+    """
+    exp = runlog.experiment_name(cfg)
+    files = runlog.trial_files(run_dir, exp, k)
+    seed_everything(cfg["seed"] + k)
+    generator.manual_seed(cfg["seed"] + k)
+    model, optimizer, scheduler, loss_fn = build_training(cfg, device)
+    state = TrialState()
+    if resume and files["last"].exists():
+        state = load_last(files["last"], model, optimizer, scheduler, generator, device)
+        print(f"trial {k}: resuming after epoch {state.epoch} (best {state.best_score:.2f}% at epoch {state.best_epoch})")
+    use_val = "val" in loaders
+    acc_header = ("epoch", "test_acc", *(("val_acc",) if use_val else ()), "train_loss", "train_time")
+    runlog.update_status(run_dir, k, state="running", epochs_completed=state.epoch)
+    while state.epoch < cfg["epochs"] and state.epoch - state.best_epoch < cfg["patience"]:
+        epoch = state.epoch + 1
+        start = time.perf_counter()
+        losses, lrs = train_epoch(model, loaders["train"], optimizer, scheduler, loss_fn, cfg, device,
+                                  epoch, should_stop)
+        train_time = time.perf_counter() - start
+        test_acc = evaluate(model, loaders["test"], test_steps(cfg), device)
+        val_acc = evaluate(model, loaders["val"], test_steps(cfg), device) if use_val else None
+        score = val_acc if use_val else test_acc
+        row = (test_acc, *((val_acc,) if use_val else ()), float(np.mean(losses)), round(train_time, 3))
+        state.add_epoch(losses, lrs, row)
+        if score > state.best_score:
+            state.best_score, state.best_epoch = score, epoch
+            runlog.save_checkpoint({"model": model.state_dict(), "epoch": epoch, "test_acc": test_acc,
+                                    "val_acc": val_acc, "config": cfg}, files["best"])
+        save_epoch(state, files, acc_header, model, optimizer, scheduler, generator)
+        runlog.update_status(run_dir, k, state="running", epochs_completed=epoch,
+                             best_score=state.best_score, best_epoch=state.best_epoch)
+        tqdm.write(epoch_summary(cfg, k, epoch, state, np.mean(losses), test_acc, val_acc, lrs[-1], train_time))
+    return state
+
+
+def save_epoch(state, files, acc_header, model, optimizer, scheduler, generator):
+    """Rewrite the logs, then the resume checkpoint (logs first: a crash between keeps both usable)."""
+    state.write_logs(files, acc_header)
+    runlog.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "state": asdict(state),
+                            "rng": rng_states(generator)}, files["last"])
+
+
+def load_last(path, model, optimizer, scheduler, generator, device):
+    """Restore a trial from its resume checkpoint; returns its TrialState."""
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_states(checkpoint["rng"], generator)
+    return TrialState(**checkpoint["state"])
+
+
+def epoch_summary(cfg, k, epoch, state, loss, test_acc, val_acc, lr, seconds):
+    """One line per epoch."""
+    val = f" | val {val_acc:6.2f}%" if val_acc is not None else ""
+    return (f"trial {k} epoch {epoch:>3}/{cfg['epochs']} | loss {loss:.4f} | test {test_acc:6.2f}%{val}"
+            f" | best {state.best_score:6.2f}% @ {state.best_epoch} | lr {lr:.2e} | {seconds:.1f} s")
