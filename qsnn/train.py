@@ -172,10 +172,11 @@ def build_training(cfg, device):
     return model, optimizer, scheduler, loss_fn
 
 
-def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=False):
+def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=False, on_epoch=None):
     """Train trial k (seeded with seed + k) with early stopping; returns its TrialState.
 
     `generator` is the one the training loader shuffles with; it is re-seeded for the trial.
+    `on_epoch(epoch, score)`, if given, is called after each saved epoch (e.g. to prune a search).
     """
     exp = runlog.experiment_name(cfg)
     files = runlog.trial_files(run_dir, exp, k)
@@ -208,6 +209,8 @@ def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=F
         runlog.update_status(run_dir, k, state="running", epochs_completed=epoch,
                              best_score=state.best_score, best_epoch=state.best_epoch)
         tqdm.write(epoch_summary(cfg, k, epoch, state, np.mean(losses), test_acc, val_acc, lrs[-1], train_time))
+        if on_epoch is not None:
+            on_epoch(epoch, score)
     return state
 
 

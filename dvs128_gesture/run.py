@@ -1,0 +1,59 @@
+"""DVS128 Gesture: the paper's event-camera QSNN (4-bit weights, periodic cosine LR), via tonic.
+
+    python dvs128_gesture/run.py --num_steps_train 150 --num_trials 1
+    python dvs128_gesture/run.py --help        # every key with its default
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+from qsnn import main  # noqa: E402
+
+config = {
+    "dataset": "dvs128_gesture",  # mnist | fashion_mnist | digits (scikit-learn, offline) | dvs128_gesture
+    "exp_name": "",  # run folder name; empty = <dataset>_<fp32|Nbit>_<scheduler>
+    "output_dir": "runs",  # where run folders go (relative paths: from the repository root)
+    "data_dir": "data",  # where tonic's DVSGesture folder is (relative: from the repository root)
+    # network and input
+    "num_bits": 4,  # weight bit width (1..16); None = full-precision float weights
+    "num_steps_train": 100,  # 3 ms frames per training sample (the first 300 ms)
+    "num_steps_test": 600,  # 3 ms frames per test sample (the first 1.8 s)
+    "beta": 0.614,  # LIF membrane decay per step
+    "threshold": 0.427,  # LIF firing threshold
+    "slope": 4.413,  # fast-sigmoid surrogate gradient slope
+    "dropout": 0.203,  # dropout before the output layer
+    "batch_norm": False,  # BatchNorm2d after each conv + pool
+    # loss and optimisation
+    "correct_rate": 0.8,  # mse_count_loss: target firing rate of the correct class
+    "incorrect_rate": 0.2,  # mse_count_loss: target firing rate of the other classes
+    "lr": 2.634e-3,  # Adam learning rate (the peak of the periodic schedules)
+    "batch_size": 16,  # training mini-batch
+    "test_batch_size": 32,  # evaluation mini-batch (does not change results)
+    "grad_clip": 1.0,  # clip the gradient norm to this value; None = off
+    "weight_clip": 1.0,  # clamp weights to [-w, w] after every step; None = off
+    # learning-rate schedule, stepped every iteration
+    "scheduler": "cosine",  # cosine | cosine_restarts | cyclic | step | constant
+    "t_max": 735,  # cosine: iterations from lr down to eta_min (then back up)
+    "eta_min": 0.0,  # cosine, cosine_restarts: lowest lr
+    "t_0": 735,  # cosine_restarts: iterations of the first period
+    "t_mult": 1,  # cosine_restarts: growth factor of each next period
+    "base_lr": 2.634e-4,  # cyclic: lower bound (the upper bound is lr)
+    "step_size_up": 735,  # cyclic: iterations from base_lr up to lr (and back down)
+    "step_size": 735,  # step: iterations between lr decays
+    "gamma": 0.5,  # step: lr decay factor
+    # protocol
+    "epochs": 500,  # maximum epochs per trial
+    "patience": 100,  # early stopping: epochs without a better test accuracy
+    "num_trials": 3,  # trials; trial k is seeded with seed + k
+    "seed": 0,  # base random seed
+    "val_split": 0.0,  # fraction of training data held out to select the model (0 = paper: test)
+    # execution
+    "device": "auto",  # auto (CUDA if available) | cpu | cuda | cuda:N
+    "execution": "fast",  # fast (exact, layer-by-layer over time) | reference (paper's per-step loop)
+    "time_chunk": 0,  # fast: time steps per batched conv call; 0 = 1 on CPU, all on GPU
+    "tensor_data": True,  # batch from the frame cache held as tensors; False = DataLoader
+    "num_workers": 0,  # DataLoader worker processes (only with tensor_data False)
+}
+
+if __name__ == "__main__":
+    main(config)
