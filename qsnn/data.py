@@ -84,8 +84,9 @@ def to_float(x):
 class TensorBatches:
     """Mini-batches by indexing tensors that already live on the device.
 
-    With shuffle, epoch e visits the samples in the order of the e-th `torch.randperm(n,
-    generator)`, the same order as `DataLoader(..., shuffle=True, generator=generator)`.
+    With shuffle, each epoch draws from `generator` exactly what `DataLoader(..., shuffle=True,
+    generator=generator)` draws (a worker base seed, a randperm, and at the end RandomSampler's
+    second, empty-sliced randperm), so the order is the same in every epoch.
     """
 
     def __init__(self, inputs, labels, batch_size, shuffle=False, generator=None):
@@ -97,11 +98,17 @@ class TensorBatches:
 
     def __iter__(self):
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.shuffle:
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # DataLoader's base seed
+            order = torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.arange(n)
         order = order.to(self.labels.device)
         for start in range(0, n, self.batch_size):
             index = order[start:start + self.batch_size]
             yield to_float(self.inputs[index]), self.labels[index]
+        if self.shuffle:
+            torch.randperm(n, generator=self.generator)
 
 
 def fits_on(device, *tensors):
