@@ -1,8 +1,15 @@
 """Shared test setup: the repository root and tests/ on sys.path, fixture data builders."""
+import os
 import sys
 from pathlib import Path
 
-import pytest
+# Tiny tensors: one thread avoids oversubscription on small shared CPUs (subprocesses inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "tests"):
@@ -22,3 +29,19 @@ def mnist_dir(tmp_path):
 def fashion_dir(tmp_path):
     """A data_dir holding a small, learnable FashionMNIST in torchvision's raw on-disk format."""
     return write_mnist_fixture(tmp_path / "data", "FashionMNIST", n_train=240, n_test=120)
+
+
+@pytest.fixture
+def tiny_config(mnist_dir, tmp_path):
+    """mnist/run.py's config shrunk to seconds on the MNIST fixture, writing into tmp_path/runs."""
+    import runpy
+
+    cfg = runpy.run_path(str(ROOT / "mnist" / "run.py"))["config"]
+    cfg.update(data_dir=str(mnist_dir), output_dir=str(tmp_path / "runs"), num_steps=6, batch_size=40,
+               test_batch_size=120, epochs=3, patience=10, num_trials=1, t_max=12, lr=1e-2, device="cpu")
+    return cfg
+
+
+def as_argv(overrides):
+    """['--key', 'value', ...] for a dict of config overrides."""
+    return [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
