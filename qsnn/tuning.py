@@ -494,6 +494,8 @@ def report(study, url, run_py_cfg, out, overrides, run_py):
         print(f"  {key} = {value!r}")
     write_json(out, best_config(run_py_cfg, best.params))
     print(f"best config written to {out}; train it with the full protocol:\n  python {run_py} --config {out}")
+    if counts["RUNNING"]:
+        print(f"{counts['RUNNING']} trial(s) still running elsewhere: run with --best when they finish")
     if overrides:
         shown = " ".join(f"--{k} {v!r}" for k, v in overrides.items())
         print(f"(search-only --set values are not in that file; add them if the final run should use them: {shown})")
