@@ -57,7 +57,7 @@ def load_datasets(cfg):
     if name == "dvs128_gesture":
         from .dvs import load_dvs_gesture
 
-        return load_dvs_gesture(cfg["data_dir"], cfg["num_steps_train"], cfg["num_steps_test"])
+        return load_dvs_gesture(resolve_path(cfg["data_dir"]), cfg["num_steps_train"], cfg["num_steps_test"])
     return load_image_dataset(name, cfg["data_dir"])
 
 
