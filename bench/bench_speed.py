@@ -344,20 +344,31 @@ def profile_fast(name, base, cfg, x, y, steps, loss_fn, device, time_chunk, iter
     print("```")
     print(table)
     print("```")
-    # Inclusive CPU time of the regions (forward helpers, autograd backward nodes, phases).
-    total = sum(e.cpu_time_total for e in events if e.key.startswith("bench."))
+    # Inclusive time of the regions: forward helpers, autograd backward nodes, the bench's phases.
+    # On CUDA the device column (kernel time attributed to the region) is the one that counts;
+    # CPU time there is mostly launch overhead.
+    def device_us(e):
+        return getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0) or 0
+
+    measure = device_us if on_cuda else (lambda e: e.cpu_time_total)
+    if on_cuda:  # all kernel time (backward kernels are launched from autograd's own thread)
+        total = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0
+                    for e in events) or 1
+    else:
+        total = sum(e.cpu_time_total for e in events if e.key.startswith("bench.")) or 1
     rows = []
     for e in events:
-        key = e.key
-        if key.startswith(("bench.", "qsnn.")) or key.startswith("autograd::engine::evaluate_function: "):
-            short = key.replace("autograd::engine::evaluate_function: ", "backward: ")
-            rows.append((e.cpu_time_total, short, e.count))
-    rows.sort(reverse=True)
-    print(f"\nInclusive CPU time by region ({name}; % of forward+backward+optimizer; regions nest):\n")
-    print("| region | calls | CPU ms total | % |")
-    print("|---|---:|---:|---:|")
-    for cpu_us, key, count in rows[:20]:
-        print(f"| {key} | {count} | {cpu_us / 1000:.1f} | {100 * cpu_us / total:.1f} |")
+        if e.key.startswith(("bench.", "qsnn.", "autograd::engine::evaluate_function: ")):
+            rows.append((measure(e), e.key.replace("autograd::engine::evaluate_function: ", "backward: "), e))
+    rows.sort(key=lambda r: r[0], reverse=True)
+    what = "device (kernel)" if on_cuda else "CPU"
+    of = "all kernel time" if on_cuda else "forward+loss, backward and optimizer together"
+    print(f"\nInclusive {what} time by region ({name}; % of {of}; regions nest, so the rows do not add up):\n")
+    print("| region | calls | CPU ms | " + ("device ms | " if on_cuda else "") + "% |")
+    print("|---|---:|---:|" + ("---:|" if on_cuda else "") + "---:|")
+    for value, key, e in rows[:20]:
+        device_col = f" {device_us(e) / 1000:.1f} |" if on_cuda else ""
+        print(f"| {key} | {e.count} | {e.cpu_time_total / 1000:.1f} |{device_col} {100 * value / total:.1f} |")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +407,10 @@ def full_epoch(base, cfg, steps, device, execution, time_chunk, log):
 def fmt_mib(values):
     values = [v for v in values if v is not None]
     return f"{max(values) / 2**20:.0f}" if values else "n/a"
+
+
+def fmt_ratio(ratio):
+    return "–" if ratio is None else f"{ratio:.2f}"
 
 
 def fmt_s(seconds):
@@ -438,6 +453,8 @@ def main():
     parser.add_argument("--full-epoch-reference", action="store_true", help="time the full epoch for the reference path too")
     parser.add_argument("--event-density", type=float, default=EVENT_DENSITY,
                         help=f"DVS input: probability of an event per pixel, polarity and step (default {EVENT_DENSITY})")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="time the fast path(s) only (no × ref column, no agreement checks): e.g. to pick --time-chunks")
     parser.add_argument("--no-check", action="store_true", help="skip the output/gradient agreement checks")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args()
@@ -479,7 +496,7 @@ def main():
         generator = torch.Generator().manual_seed(SEED)
         x, y = make_batch(cfg, steps, device, generator, args.event_density)
         loss_fn = SF.mse_count_loss(correct_rate=0.8, incorrect_rate=0.2)
-        paths = [Path_("reference", copy.deepcopy(base), cfg, "reference")]
+        paths = [] if args.no_reference else [Path_("reference", copy.deepcopy(base), cfg, "reference")]
         paths += [Path_(chunk_label(item, value, device), copy.deepcopy(base), cfg, "fast", value)
                   for item, value in chunks]
         if args.compile:
@@ -490,18 +507,18 @@ def main():
         for phase in ("train", "eval"):
             log(f"{name}: timing {phase}")
             time_phase(paths, phase, x, y, steps, loss_fn, warmup, iters, device, meter, log)
-            ref_median = statistics.median(paths[0].times[phase])
+            ref_median = None if args.no_reference else statistics.median(paths[0].times[phase])
             for path in paths:
                 if not path.times[phase]:
                     continue
                 median = statistics.median(path.times[phase])
                 results.append(dict(config=f"{name} (B={cfg['batch']}, T={steps})", phase=phase, path=path.label,
                                     median=median, low=min(path.times[phase]), high=max(path.times[phase]),
-                                    speedup=ref_median / median, memory=fmt_mib(path.memory[phase])))
+                                    speedup=ref_median / median if ref_median else None, memory=fmt_mib(path.memory[phase])))
                 if path.label.startswith("fast+compile"):
                     notes.append(f"{name} {phase}: torch.compile warm-up (compilation included) took {path.warmup_s[phase]:.1f} s")
 
-        if not args.no_check:
+        if not (args.no_check or args.no_reference):
             # On the reference path's weights after its training iterations (a fresh network
             # hardly spikes, which would make the comparison vacuous), copied into every fast path.
             log(f"{name}: output agreement (eval mode)")
@@ -550,7 +567,7 @@ def main():
     print("|---|---|---|---|---:|---:|---:|")
     for r in results:
         print(f"| {r['config']} | {r['phase']} | {r['path']} | {fmt_s(r['median'])} [{fmt_s(r['low'])}–{fmt_s(r['high'])}]"
-              f" | {1 / r['median']:.2f} | {r['speedup']:.2f} | {r['memory']} |")
+              f" | {1 / r['median']:.2f} | {fmt_ratio(r['speedup'])} | {r['memory']} |")
     print()
     print("train = forward + mse_count_loss + backward + Adam step (DVS: + grad-norm clip 1.0 and weight clamp 1.0);"
           " eval = forward under no_grad in eval mode, same batch. × ref = reference median / this median.")

@@ -52,6 +52,7 @@ config = {
     "time_chunk": 0,  # fast: time steps per batched conv call; 0 = 1 on CPU, all on GPU
     "tensor_data": True,  # batch from tensors on the device (fast); False = torchvision DataLoader
     "num_workers": 0,  # DataLoader worker processes (only with tensor_data False)
+    "sync_batch_norm": False,  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)
 }
 
 if __name__ == "__main__":

@@ -199,6 +199,8 @@ def validate(cfg):
             problems.append(f"--{key} {cfg[key]!r} is not allowed; must be {allowed}")
     if cfg.get("scheduler") == "cyclic" and cfg["base_lr"] >= cfg["lr"]:
         problems.append(f"--base_lr {cfg['base_lr']!r} is not allowed; the cyclic schedule needs base_lr < lr ({cfg['lr']!r})")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.get("tensor_data", True):
+        problems.append("--tensor_data False is not supported under torchrun; use --tensor_data True")
     device_problem = check_device(cfg["device"])
     if device_problem:
         problems.append(device_problem)

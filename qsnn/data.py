@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from .config import resolve_path
+from .distributed import shard
 from .errors import UserError
 
 RAW_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -105,7 +106,7 @@ class TensorBatches:
             order = torch.arange(n)
         order = order.to(self.labels.device)
         for start in range(0, n, self.batch_size):
-            index = order[start:start + self.batch_size]
+            index = shard(order[start:start + self.batch_size])  # this rank's part under torchrun
             yield to_float(self.inputs[index]), self.labels[index]
         if self.shuffle:
             torch.randperm(n, generator=self.generator)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import runlog
+from . import distributed, runlog
 from .data import make_loaders
 from .errors import UserError
 from .train import NonFiniteLoss, StopRequested, run_trial
@@ -59,11 +59,13 @@ def prepare_run_folder(cfg, resume, overwrite):
     if has_results and not (resume or overwrite):
         raise UserError(f"{run_dir} already holds results of this experiment; add --resume to continue it "
                         "or --overwrite to delete them and start again")
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
+    distributed.barrier()  # every rank has checked before rank 0 changes anything
+    if distributed.is_main():
+        if overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
     if resume and saved is not None:
         cfg = merge_for_resume(saved["config"], cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, cfg
 
 
@@ -84,20 +86,27 @@ def resume_command():
 
 def run_experiment(cfg, resume=False, overwrite=False):
     """Run every trial of cfg; returns {trial: best score} of the trials that ran to the end."""
-    device = resolve_device(cfg["device"])
-    run_dir, cfg = prepare_run_folder(cfg, resume, overwrite)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    runlog.write_run_config(run_dir, cfg, device)
-    print(f"experiment {runlog.experiment_name(cfg)} on {device}: results in {run_dir}")
-    generator = torch.Generator()
-    loaders = make_loaders(cfg, device, generator)
-    results = {}
-    with stop_on_signals() as received:
-        for k in range(cfg["num_trials"]):
-            results[k] = run_one(cfg, k, loaders, generator, run_dir, device, received, resume)
-    print_summary(cfg, results, run_dir)
-    return results
+    device = distributed.setup(resolve_device(cfg["device"]))
+    try:
+        run_dir, cfg = prepare_run_folder(cfg, resume, overwrite)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if distributed.is_main():
+            runlog.write_run_config(run_dir, cfg, device)
+            print(f"experiment {runlog.experiment_name(cfg)} on {device} "
+                  f"({distributed.world_size()} process(es)): results in {run_dir}")
+        distributed.barrier()
+        generator = torch.Generator()
+        loaders = make_loaders(cfg, device, generator)
+        results = {}
+        with stop_on_signals() as received:
+            for k in range(cfg["num_trials"]):
+                results[k] = run_one(cfg, k, loaders, generator, run_dir, device, received, resume)
+        if distributed.is_main():
+            print_summary(cfg, results, run_dir)
+        return results
+    finally:
+        distributed.teardown()
 
 
 def run_one(cfg, k, loaders, generator, run_dir, device, received, resume):
@@ -109,16 +118,19 @@ def run_one(cfg, k, loaders, generator, run_dir, device, received, resume):
     try:
         state = run_trial(cfg, k, loaders, generator, run_dir, device, lambda: bool(received), resume)
     except StopRequested:
-        runlog.update_status(run_dir, k, state="interrupted", reason=received[0])
-        raise Interrupted(f"stopped by {received[0]} in trial {k}; every completed epoch is saved in "
+        if distributed.is_main():
+            runlog.update_status(run_dir, k, state="interrupted", reason=received[0] if received else "signal")
+        raise Interrupted(f"stopped by {received[0] if received else 'a signal'} in trial {k}; every completed epoch is saved in "
                           f"{run_dir}. Resume with: {resume_command()}") from None
     except NonFiniteLoss as e:
         print(f"trial {k} stopped: {e}; its logs and best checkpoint are kept", file=sys.stderr)
-        runlog.update_status(run_dir, k, state="failed", reason=str(e))
+        if distributed.is_main():
+            runlog.update_status(run_dir, k, state="failed", reason=str(e))
         return None
-    reason = "early_stopping" if state.epoch < cfg["epochs"] else "max_epochs"
-    runlog.update_status(run_dir, k, state="finished", reason=reason, epochs_completed=state.epoch,
-                         best_score=state.best_score, best_epoch=state.best_epoch)
+    if distributed.is_main():
+        reason = "early_stopping" if state.epoch < cfg["epochs"] else "max_epochs"
+        runlog.update_status(run_dir, k, state="finished", reason=reason, epochs_completed=state.epoch,
+                             best_score=state.best_score, best_epoch=state.best_epoch)
     return state.best_score
 
 

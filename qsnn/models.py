@@ -56,9 +56,13 @@ def batch_norm_static(x, bn, num_steps):
     if not bn.training:
         return bn(x)
     # T updates with the same statistics s: r <- (1-m)^T r + (1 - (1-m)^T) s, in one call.
-    momentum = 1 - (1 - bn.momentum) ** num_steps
-    out = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, momentum, bn.eps)
-    bn.num_batches_tracked.add_(num_steps)
+    momentum = bn.momentum
+    bn.momentum = 1 - (1 - momentum) ** num_steps
+    try:
+        out = bn(x)  # also right for SyncBatchNorm, whose statistics span all ranks
+    finally:
+        bn.momentum = momentum
+    bn.num_batches_tracked.add_(num_steps - 1)
     return out
 
 
@@ -67,6 +71,8 @@ def batch_norm_over_time(x, bn):
     steps, batch, channels = x.shape[:3]
     if not bn.training:
         return bn(x.flatten(0, 1)).view(x.shape)
+    if isinstance(bn, nn.SyncBatchNorm):  # statistics across ranks: one synchronised call per step
+        return torch.stack([bn(x_t) for x_t in x.unbind(0)])
     # Each (step, channel) pair becomes one channel of a [B, T*C, H, W] batch: one kernel call
     # computes every step's statistics, with the same arithmetic as T separate calls.
     by_sample = x.transpose(0, 1).reshape(batch, steps * channels, *x.shape[3:])

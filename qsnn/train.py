@@ -13,7 +13,7 @@ import snntorch.functional as SF
 import torch
 from tqdm.auto import tqdm
 
-from . import runlog
+from . import distributed, runlog
 from .models import build_model
 from .schedules import build_scheduler
 
@@ -86,8 +86,10 @@ def evaluate(model, loader, num_steps, device):
     correct, total = 0.0, 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        correct += SF.accuracy_rate(run_network(model, x, num_steps), y) * len(y)
-        total += len(y)
+        if len(y):
+            correct += SF.accuracy_rate(run_network(model, x, num_steps), y) * len(y)
+            total += len(y)
+    correct, total = distributed.sum_over_ranks(correct, total, device=device)
     return float(100.0 * correct / total)
 
 
@@ -104,7 +106,7 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, cfg, device, epoch
     model.train()
     num_steps = train_steps(cfg)
     losses, lrs, shown = [], [], 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=not distributed.is_main())
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -124,9 +126,17 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, cfg, device, epoch
             check_finite(recent, epoch, shown)
             shown = len(losses)
             bar.set_postfix(loss=f"{recent[-1]:.4f}", lr=f"{lrs[-1]:.2e}")
-        if should_stop():
+        if distributed.any_rank(should_stop(), device):
             raise StopRequested
-    return torch.stack(losses).tolist(), lrs
+    return mean_over_ranks(torch.stack(losses), device), lrs
+
+
+def mean_over_ranks(losses, device):
+    """Per-iteration losses averaged over ranks (each rank's loss is the mean over its equal slice)."""
+    if distributed.world_size() == 1:
+        return losses.tolist()
+    reduced = distributed.sum_over_ranks(*losses.tolist(), device=device)
+    return [value / distributed.world_size() for value in reduced]
 
 
 def check_finite(values, epoch, offset):
@@ -183,17 +193,22 @@ def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=F
     seed_everything(cfg["seed"] + k)
     generator.manual_seed(cfg["seed"] + k)
     model, optimizer, scheduler, loss_fn = build_training(cfg, device)
+    network = distributed.wrap(model, device, cfg.get("sync_batch_norm", False))
+    if distributed.world_size() > 1:
+        torch.manual_seed(cfg["seed"] + k + 7919 * distributed.rank())  # own dropout masks per rank
     state = TrialState()
     if resume and files["last"].exists():
         state = load_last(files["last"], model, optimizer, scheduler, generator, device)
         print(f"trial {k}: resuming after epoch {state.epoch} (best {state.best_score:.2f}% at epoch {state.best_epoch})")
     use_val = "val" in loaders
     acc_header = ("epoch", "test_acc", *(("val_acc",) if use_val else ()), "train_loss", "train_time")
-    runlog.update_status(run_dir, k, state="running", epochs_completed=state.epoch)
+    write = distributed.is_main()
+    if write:
+        runlog.update_status(run_dir, k, state="running", epochs_completed=state.epoch)
     while state.epoch < cfg["epochs"] and state.epoch - state.best_epoch < cfg["patience"]:
         epoch = state.epoch + 1
         start = time.perf_counter()
-        losses, lrs = train_epoch(model, loaders["train"], optimizer, scheduler, loss_fn, cfg, device,
+        losses, lrs = train_epoch(network, loaders["train"], optimizer, scheduler, loss_fn, cfg, device,
                                   epoch, should_stop)
         train_time = time.perf_counter() - start
         test_acc = evaluate(model, loaders["test"], test_steps(cfg), device)
@@ -201,14 +216,18 @@ def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=F
         score = val_acc if use_val else test_acc
         row = (test_acc, *((val_acc,) if use_val else ()), float(np.mean(losses)), round(train_time, 3))
         state.add_epoch(losses, lrs, row)
-        if score > state.best_score:
+        improved = score > state.best_score
+        if improved:
             state.best_score, state.best_epoch = score, epoch
-            runlog.save_checkpoint({"model": model.state_dict(), "epoch": epoch, "test_acc": test_acc,
-                                    "val_acc": val_acc, "config": cfg}, files["best"])
-        save_epoch(state, files, acc_header, model, optimizer, scheduler, generator)
-        runlog.update_status(run_dir, k, state="running", epochs_completed=epoch,
-                             best_score=state.best_score, best_epoch=state.best_epoch)
-        tqdm.write(epoch_summary(cfg, k, epoch, state, np.mean(losses), test_acc, val_acc, lrs[-1], train_time))
+        if write:
+            if improved:
+                runlog.save_checkpoint({"model": model.state_dict(), "epoch": epoch, "test_acc": test_acc,
+                                        "val_acc": val_acc, "config": cfg}, files["best"])
+            save_epoch(state, files, acc_header, model, optimizer, scheduler, generator)
+            runlog.update_status(run_dir, k, state="running", epochs_completed=epoch,
+                                 best_score=state.best_score, best_epoch=state.best_epoch)
+            tqdm.write(epoch_summary(cfg, k, epoch, state, np.mean(losses), test_acc, val_acc, lrs[-1],
+                                     train_time))
         if on_epoch is not None:
             on_epoch(epoch, score)
     return state

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import runpy
+import shlex
 import sys
 import time
 import warnings
@@ -35,6 +36,9 @@ RESERVED = {"epochs": "use --epochs", "val_split": "use --val-split",
 # Keys that change the batches make_loaders builds; trials that agree on them share loaders.
 LOADER_KEYS = ("dataset", "data_dir", "num_steps_train", "num_steps_test", "val_split", "seed",
                "batch_size", "test_batch_size", "tensor_data", "num_workers")
+# Keys that change where or how fast a run goes, not its result: left out of the --set reminder.
+RUN_ONLY_KEYS = {"output_dir", "data_dir", "device", "num_workers", "tensor_data", "time_chunk",
+                 "test_batch_size", "execution"}
 HEARTBEAT_S = 60  # a worker killed hard leaves a RUNNING trial; after 3 missed beats it is failed
 
 EPILOG = """\
@@ -96,6 +100,9 @@ def check_args(args):
     """Raise UserError for values argparse cannot check by type alone."""
     if args.dataset not in DATASETS:
         raise UserError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("run tune.py without torchrun: each rank would start its own trials; "
+                        "start one tune.py per GPU (CUDA_VISIBLE_DEVICES) with a shared --storage instead")
     if args.demo and args.dataset != "mnist":
         raise UserError("--demo is the offline preset of mnist only; use: python tune.py mnist --demo")
     limits = [("--n-trials", args.n_trials, 1), ("--epochs", args.epochs, 1),
@@ -383,7 +390,8 @@ class Objective:
 
         def on_epoch(epoch, score):
             trial.report(score, epoch)
-            if trial.should_prune():
+            # After the last epoch pruning saves nothing and would only hide a complete result.
+            if epoch < cfg["epochs"] and trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {score:.2f}% after epoch {epoch} "
                                          "is below the median of earlier trials")
 
@@ -402,7 +410,8 @@ class Objective:
         except StopRequested:
             runlog.update_status(run_dir, 0, state="interrupted", reason=self.received[0])
             raise Interrupted(interrupt_message(self.received[0], trial.number)) from None
-        runlog.update_status(run_dir, 0, state="finished", reason="max_epochs", epochs_completed=state.epoch,
+        reason = "early_stopping" if state.epoch < cfg["epochs"] else "max_epochs"
+        runlog.update_status(run_dir, 0, state="finished", reason=reason, epochs_completed=state.epoch,
                              best_score=state.best_score, best_epoch=state.best_epoch)
         trial.set_user_attr("best_epoch", state.best_epoch)
         return state.best_score
@@ -496,8 +505,9 @@ def report(study, url, run_py_cfg, out, overrides, run_py):
     print(f"best config written to {out}; train it with the full protocol:\n  python {run_py} --config {out}")
     if counts["RUNNING"]:
         print(f"{counts['RUNNING']} trial(s) still running elsewhere: run with --best when they finish")
-    if overrides:
-        shown = " ".join(f"--{k} {v!r}" for k, v in overrides.items())
+    kept_out = {k: v for k, v in overrides.items() if k not in RUN_ONLY_KEYS}
+    if kept_out:
+        shown = " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in kept_out.items())
         print(f"(search-only --set values are not in that file; add them if the final run should use them: {shown})")
     return best
 

@@ -42,8 +42,15 @@ def states(study):
 @pytest.fixture(scope="module")
 def demo_study(tmp_path_factory):
     """A real 3-trial study (2 epochs each) on the digits demo; returns (root, exit code)."""
+    import torch
+
     root = tmp_path_factory.mktemp("tune")
-    code = tuning.main(tune_argv(root, "demo", "--n-trials", "3", "--epochs", "2", "--sampler-seed", "0"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches on shared cores: more threads only wait on each other
+    try:
+        code = tuning.main(tune_argv(root, "demo", "--n-trials", "3", "--epochs", "2", "--sampler-seed", "0"))
+    finally:
+        torch.set_num_threads(threads)
     return root, code
 
 
@@ -145,10 +152,11 @@ def test_poor_trials_are_pruned_and_count_towards_n_trials(tmp_path, monkeypatch
 def test_ctrl_c_fails_the_running_trial_and_a_rerun_continues(tmp_path, monkeypatch, no_data, capsys):
     argv = tune_argv(tmp_path, "stop", "--n-trials", "3", "--epochs", "1")
     monkeypatch.setattr("qsnn.train.run_trial", fake_trainer(lambda n: 50.0 + n, interrupt_trial=1))
+    handler = signal.getsignal(signal.SIGINT)
     assert tuning.main(argv) == 130
     assert states(load(tmp_path, "stop")) == ["COMPLETE", "FAIL"]
     assert "Rerun the same command" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler  # the Ctrl-C handler is restored
     monkeypatch.setattr("qsnn.train.run_trial", fake_trainer(lambda n: 50.0 + n))
     assert tuning.main(argv) == 0
     assert states(load(tmp_path, "stop")) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
