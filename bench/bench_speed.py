@@ -170,14 +170,13 @@ def model_input(x, cfg):
     return (x,) if cfg["kind"] == "image" else (x.transpose(0, 1),)
 
 
-class Path_:
+class Runner:
     """One way of running the network: its own copy of the weights and its own optimizer."""
 
     def __init__(self, label, module, cfg, execution, time_chunk=0, compiled=False):
         self.label, self.cfg = label, cfg
         self.module = module
         module.execution, module.time_chunk = execution, time_chunk
-        self.is_reference = execution == "reference"
         self.model = torch.compile(module) if compiled else module
         self.optimizer = torch.optim.Adam(module.parameters(), lr=cfg["lr"], betas=(0.9, 0.999))
         self.times = {"train": [], "eval": []}
@@ -204,34 +203,47 @@ def eval_iteration(path, x, y, steps, loss_fn):
 
 
 def time_phase(paths, phase, x, y, steps, loss_fn, warmup, iters, device, meter, log):
-    """Warm up, then time every path `iters` times, alternating between paths each iteration."""
+    """Warm up, time every path `iters` times alternating between paths, then one memory pass each.
+
+    The memory pass is a separate, untimed iteration: measuring CPU memory hands freed memory
+    back to the system first (malloc_trim), which would add page faults to a timed iteration.
+    """
     step = train_iteration if phase == "train" else eval_iteration
     for path in paths:
         path.module.train(phase == "train")
+
+    def attempt(path):
+        try:
+            step(path, x, y, steps, loss_fn)
+            return True
+        except Exception as e:  # only torch.compile is allowed to fail; the others are bugs
+            if not path.label.startswith("fast+compile"):
+                raise
+            log(f"  {path.label}: {phase} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); dropped")
+            paths.remove(path)
+            return False
+
     for i in range(warmup + iters):
         for path in list(paths):
-            meter.start()
             sync(device)
             start = time.perf_counter()
-            try:
-                step(path, x, y, steps, loss_fn)
-            except Exception as e:  # only torch.compile is allowed to fail; the others are bugs
-                if not path.label.startswith("fast+compile"):
-                    raise
-                log(f"  {path.label}: {phase} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); dropped")
-                paths.remove(path)
+            if not attempt(path):
                 continue
             sync(device)
             elapsed = time.perf_counter() - start
-            peak = meter.stop()
             if i < warmup:
                 path.warmup_s[phase] += elapsed
             else:
                 path.times[phase].append(elapsed)
-                path.memory[phase].append(peak)
         done = "warm-up" if i < warmup else f"timed {i - warmup + 1}/{iters}"
+        if i >= warmup and (i - warmup + 1) % max(1, iters // 5) and i != warmup + iters - 1:
+            continue  # about five progress lines per phase
         log(f"  {phase} {done}: " + ", ".join(
             f"{p.label} {(p.times[phase] or [p.warmup_s[phase]])[-1]:.3f}s" for p in paths))
+    for path in list(paths):
+        meter.start()
+        if attempt(path):
+            path.memory[phase].append(meter.stop())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +324,7 @@ def profile_fast(name, base, cfg, x, y, steps, loss_fn, device, time_chunk, iter
     """torch.profiler over a few fast training iterations: top ops by self time, and a breakdown."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    path = Path_("fast", copy.deepcopy(base), cfg, "fast", time_chunk)
+    path = Runner("fast", copy.deepcopy(base), cfg, "fast", time_chunk)
     path.module.train()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with labelled_regions():
@@ -439,14 +451,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda | cuda:N")
-    parser.add_argument("--iters", type=int, default=None, help="timed iterations per path and phase (default 5 on CPU, 30 on CUDA)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations per path and phase first (default 1 on CPU, 5 on CUDA)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="timed iterations per path and phase (default 5 on CPU, 30 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed iterations per path and phase first (default 1 on CPU, 5 on CUDA)")
     parser.add_argument("--steps", type=int, default=None, help="time steps per sample (default: the paper's 100)")
     parser.add_argument("--configs", default="mnist,dvs", help="comma-separated: mnist, dvs")
     parser.add_argument("--time-chunks", default="0",
                         help="fast-path time_chunk values to time, e.g. 0,1,10,all (0 = the model's auto; all = T)")
-    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile (skipped if it fails)")
-    parser.add_argument("--profile", action="store_true", help="torch.profiler over a few fast training iterations per config")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the fast path under torch.compile (skipped if it fails)")
+    parser.add_argument("--profile", action="store_true",
+                        help="torch.profiler over a few fast training iterations per config")
     parser.add_argument("--profile-iters", type=int, default=3, help="training iterations under the profiler (default 3)")
     parser.add_argument("--full-epoch", choices=("auto", "yes", "no"), default="auto",
                         help="time one full MNIST training epoch (auto: on CUDA only)")
@@ -454,7 +470,8 @@ def main():
     parser.add_argument("--event-density", type=float, default=EVENT_DENSITY,
                         help=f"DVS input: probability of an event per pixel, polarity and step (default {EVENT_DENSITY})")
     parser.add_argument("--no-reference", action="store_true",
-                        help="time the fast path(s) only (no × ref column, no agreement checks): e.g. to pick --time-chunks")
+                        help="time the fast path(s) only (no × ref column, no agreement checks), "
+                             "e.g. to pick --time-chunks")
     parser.add_argument("--no-check", action="store_true", help="skip the output/gradient agreement checks")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args()
@@ -477,12 +494,16 @@ def main():
     if unknown or not names:
         raise SystemExit(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
     meter = MemoryMeter(device)
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # as qsnn.experiment sets it for training
 
     def log(message):
         print(f"[{time.perf_counter() - wall_start:7.1f}s] {message}", file=sys.stderr, flush=True)
 
     header = (f"device: {device_description(device)} | torch {torch.__version__} | snntorch {snntorch.__version__}"
-              f" | brevitas {brevitas.__version__} | threads {torch.get_num_threads()}"
+              f" | brevitas {brevitas.__version__}"
+              f"{f' | CUDA {torch.version.cuda}, cudnn.benchmark on' if on_cuda else ''}"
+              f" | threads {torch.get_num_threads()}"
               f" (interop {torch.get_num_interop_threads()}) | warm-up {warmup}, timed {iters} per path and phase")
     log(header)
 
@@ -496,11 +517,11 @@ def main():
         generator = torch.Generator().manual_seed(SEED)
         x, y = make_batch(cfg, steps, device, generator, args.event_density)
         loss_fn = SF.mse_count_loss(correct_rate=0.8, incorrect_rate=0.2)
-        paths = [] if args.no_reference else [Path_("reference", copy.deepcopy(base), cfg, "reference")]
-        paths += [Path_(chunk_label(item, value, device), copy.deepcopy(base), cfg, "fast", value)
+        paths = [] if args.no_reference else [Runner("reference", copy.deepcopy(base), cfg, "reference")]
+        paths += [Runner(chunk_label(item, value, device), copy.deepcopy(base), cfg, "fast", value)
                   for item, value in chunks]
         if args.compile:
-            paths.append(Path_(f"fast+compile (time_chunk={chunks[0][0]})", copy.deepcopy(base), cfg,
+            paths.append(Runner(f"fast+compile (time_chunk={chunks[0][0]})", copy.deepcopy(base), cfg,
                                "fast", chunks[0][1], compiled=True))
         log(f"{name}: batch {cfg['batch']}, {steps} steps, paths: {', '.join(p.label for p in paths)}")
 
@@ -516,7 +537,8 @@ def main():
                                     median=median, low=min(path.times[phase]), high=max(path.times[phase]),
                                     speedup=ref_median / median if ref_median else None, memory=fmt_mib(path.memory[phase])))
                 if path.label.startswith("fast+compile"):
-                    notes.append(f"{name} {phase}: torch.compile warm-up (compilation included) took {path.warmup_s[phase]:.1f} s")
+                    notes.append(f"{name} {phase}: torch.compile warm-up (compilation included) took "
+                                 f"{path.warmup_s[phase]:.1f} s")
 
         if not (args.no_check or args.no_reference):
             # On the reference path's weights after its training iterations (a fresh network
@@ -572,12 +594,14 @@ def main():
     print("train = forward + mse_count_loss + backward + Adam step (DVS: + grad-norm clip 1.0 and weight clamp 1.0);"
           " eval = forward under no_grad in eval mode, same batch. × ref = reference median / this median.")
     if meter.kind == "cuda":
-        print("peak +MiB: torch.cuda.max_memory_allocated during the iteration minus what was allocated before it "
-              "(weights, Adam state, inputs, last gradients stay resident and are not counted).")
+        print("peak +MiB (one extra, untimed iteration per path): torch.cuda.max_memory_allocated during it minus "
+              "what was allocated before it (weights, Adam state, the batch and the last gradients stay resident "
+              "and are not counted; neither is the caching allocator's reserve).")
     elif meter.kind == "rss":
-        print("peak +MiB: the process's peak resident set size during the iteration (VmHWM, reset through "
-              "/proc/self/clear_refs) minus its resident size before it; counts all allocations of the process, "
-              "approximate (an allocator can reuse memory it kept; allocator/oneDNN caches can add to it).")
+        print("peak +MiB (one extra, untimed iteration per path): the process's peak resident set size during it "
+              "(VmHWM, reset through /proc/self/clear_refs) minus its resident size before it (after gc and "
+              "malloc_trim); all of the process's memory, not only tensors (oneDNN scratch, Python objects), "
+              "give or take a few MiB.")
     else:
         print("peak mem: n/a (no CUDA, and no /proc/self/clear_refs to reset the peak RSS on this system).")
 
@@ -608,7 +632,8 @@ def main():
         print(f"| path | steps | iterations | seconds | it/s | {meter.label} |")
         print("|---|---:|---:|---:|---:|---:|")
         for e in epochs:
-            print(f"| {e['path']} | {e['steps']} | {e['iterations']} | {e['seconds']:.1f} | {e['iterations'] / e['seconds']:.2f}"
+            print(f"| {e['path']} | {e['steps']} | {e['iterations']} | {e['seconds']:.1f}"
+                  f" | {e['iterations'] / e['seconds']:.2f}"
                   f" | {e['memory']} |")
     for note in notes:
         print(f"\nnote: {note}")

@@ -43,7 +43,7 @@ config = {
     "gamma": 0.5,  # step: lr decay factor
     # protocol
     "epochs": 500,  # maximum epochs per trial
-    "patience": 100,  # early stopping: epochs without a better test accuracy
+    "patience": 100,  # early stopping: epochs without a better test (or validation) accuracy
     "num_trials": 3,  # trials; trial k is seeded with seed + k
     "seed": 0,  # base random seed
     "val_split": 0.0,  # fraction of training data held out to select the model (0 = paper: test)
