@@ -24,36 +24,38 @@ class _LIFSequence(torch.autograd.Function):
         steps = num_steps if static else current.shape[0]
         shape = current.shape if static else current.shape[1:]
         spk = current.new_empty((steps, *shape))
-        mem_trace = current.new_empty((steps, *shape))
-        mem = current.new_zeros(shape)
+        mem = current.new_empty((steps, *shape))
         # [T, ...] inputs are read step by step with unbind: a view per step, no copies.
         inputs = [current] * steps if static else current.unbind(0)
         for t, cur in enumerate(inputs):
-            mem.mul_(beta).add_(cur)
-            if t > 0:
-                mem.sub_(spk[t - 1] * threshold)
-            torch.gt(mem, threshold, out=spk[t])
-            mem_trace[t].copy_(mem)
-        ctx.save_for_backward(mem_trace, beta, threshold)
+            # Written straight into the trace, in snnTorch's order of operations (same rounding).
+            if t == 0:
+                mem[0].copy_(cur)  # beta * 0 + I, and no reset from a zero membrane
+            else:
+                torch.mul(mem[t - 1], beta, out=mem[t])
+                mem[t].add_(cur).addcmul_(spk[t - 1], threshold, value=-1)
+            torch.gt(mem[t], threshold, out=spk[t])
+        ctx.save_for_backward(mem, beta, threshold)
         ctx.slope = slope
         ctx.static = static
         ctx.set_materialize_grads(False)
-        return spk, mem_trace
+        return spk, mem
 
     @staticmethod
     def backward(ctx, grad_spk, grad_mem):
-        mem_trace, beta, threshold = ctx.saved_tensors
-        # Same expression as snntorch.surrogate.FastSigmoid.backward, for all steps at once.
+        mem, beta, threshold = ctx.saved_tensors
+        # snntorch.surrogate.FastSigmoid.backward for all steps at once, in one buffer.
+        grad = torch.sub(mem, threshold).abs_().mul_(ctx.slope).add_(1.0)
+        grad.mul_(grad)
         if grad_spk is None:
-            grad = torch.zeros_like(mem_trace)
+            grad.zero_()
         else:
-            grad = grad_spk / (ctx.slope * torch.abs(mem_trace - threshold) + 1.0) ** 2
+            torch.div(grad_spk, grad, out=grad)
         if grad_mem is not None:
-            grad = grad + grad_mem
-        carry = torch.zeros_like(grad[0])
-        for t in range(grad.shape[0] - 1, -1, -1):
-            carry.mul_(beta).add_(grad[t])
-            grad[t].copy_(carry)
+            grad.add_(grad_mem)
+        decay = float(beta)
+        for t in range(grad.shape[0] - 2, -1, -1):
+            grad[t].add_(grad[t + 1], alpha=decay)
         grad_current = grad.sum(0) if ctx.static else grad
         return grad_current, None, None, None, None
 
