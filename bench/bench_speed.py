@@ -32,6 +32,8 @@ import time
 import warnings
 from pathlib import Path
 
+START = time.perf_counter()  # before torch and Brevitas load, which takes seconds
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 import torch  # noqa: E402
@@ -43,6 +45,11 @@ import qsnn.models as qmodels  # noqa: E402
 from qsnn.data import TensorBatches  # noqa: E402
 from qsnn.models import ARCHITECTURES, QSNN  # noqa: E402
 from qsnn.train import clamp_weights, run_network, train_epoch  # noqa: E402
+
+try:  # training (qsnn.experiment.run_experiment) keeps freed CPU memory in the process; so does the bench
+    from qsnn.memory import keep_freed_memory  # noqa: E402
+except ImportError:  # an older checkout
+    keep_freed_memory = None
 
 # The paper's settings (mnist/run.py, dvs128_gesture/run.py). Inputs are [B, ...] as the loaders
 # give them; qsnn.train.run_network turns an event batch [B, T, ...] time-first, as training does.
@@ -177,7 +184,8 @@ class Runner:
         self.label, self.cfg = label, cfg
         self.module = module
         module.execution, module.time_chunk = execution, time_chunk
-        self.model = torch.compile(module) if compiled else module
+        # dynamic=False: the shapes never change here, and dynamic-shape tracing of the LIF loop can fail.
+        self.model = torch.compile(module, dynamic=False) if compiled else module
         self.optimizer = torch.optim.Adam(module.parameters(), lr=cfg["lr"], betas=(0.9, 0.999))
         self.times = {"train": [], "eval": []}
         self.memory = {"train": [], "eval": []}
@@ -202,7 +210,7 @@ def eval_iteration(path, x, y, steps, loss_fn):
         run_network(path.model, x, steps)
 
 
-def time_phase(paths, phase, x, y, steps, loss_fn, warmup, iters, device, meter, log):
+def time_phase(paths, phase, x, y, steps, loss_fn, warmup, iters, device, meter, log, notes):
     """Warm up, time every path `iters` times alternating between paths, then one memory pass each.
 
     The memory pass is a separate, untimed iteration: measuring CPU memory hands freed memory
@@ -219,7 +227,9 @@ def time_phase(paths, phase, x, y, steps, loss_fn, warmup, iters, device, meter,
         except Exception as e:  # only torch.compile is allowed to fail; the others are bugs
             if not path.label.startswith("fast+compile"):
                 raise
-            log(f"  {path.label}: {phase} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); dropped")
+            message = f"{path.label}: {phase} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); dropped"
+            log(f"  {message}")
+            notes.append(message)
             paths.remove(path)
             return False
 
@@ -260,14 +270,27 @@ def all_layers(path, x, cfg, steps):
 
 @torch.no_grad()
 def output_differences(layers_ref, layers_fast):
-    """Per layer: spikes of the reference, differing spikes, max |spike-count diff|, max |membrane diff|."""
+    """Per layer: spikes of the reference, differing spikes, max |spike-count diff|, max |membrane diff|.
+
+    A spike that flips (a membrane within rounding of the threshold) moves that membrane by about
+    one threshold from then on, so the membrane difference is also given before the first step
+    at which any layer's spikes differ: there it shows the rounding alone.
+    """
+    steps = layers_ref[0][0].shape[0]
+    first_flip = steps
+    for (spk_r, _), (spk_f, _) in zip(layers_ref, layers_fast):
+        differs = (spk_r != spk_f).flatten(1).any(1).nonzero()
+        if len(differs):
+            first_flip = min(first_flip, int(differs[0]))
     rows = []
     names = [f"conv{i + 1}" for i in range(len(layers_ref) - 1)] + ["output"]
     for name, (spk_r, mem_r), (spk_f, mem_f) in zip(names, layers_ref, layers_fast):
         row = dict(layer=name, spikes=int(spk_r.sum()), elements=spk_r.numel(),
                    differing=int((spk_r != spk_f).sum()),
                    count=float((spk_r.sum(0) - spk_f.sum(0)).abs().max()),
-                   mem=float((mem_r - mem_f).abs().max()))
+                   mem=float((mem_r - mem_f).abs().max()),
+                   mem_before=float((mem_r[:first_flip] - mem_f[:first_flip]).abs().max()) if first_flip else None,
+                   first_flip=first_flip if first_flip < steps else None)
         if name == "output":
             row["predictions"] = int((spk_r.sum(0).argmax(-1) != spk_f.sum(0).argmax(-1)).sum())
         rows.append(row)
@@ -320,8 +343,10 @@ def labelled_regions():
             setattr(qmodels, name, fn)
 
 
-def profile_fast(name, base, cfg, x, y, steps, loss_fn, device, time_chunk, iters, log):
-    """torch.profiler over a few fast training iterations: top ops by self time, and a breakdown."""
+def profile_fast(name, base, cfg, x, y, steps, loss_fn, device, time_chunk, iters):
+    """torch.profiler over a few fast training iterations: top ops by self time, and a breakdown (markdown)."""
+    lines = []
+    out = lines.append
     from torch.profiler import ProfilerActivity, profile, record_function
 
     path = Runner("fast", copy.deepcopy(base), cfg, "fast", time_chunk)
@@ -352,10 +377,10 @@ def profile_fast(name, base, cfg, x, y, steps, loss_fn, device, time_chunk, iter
     except Exception:  # newer torch names it self_device_time_total
         sort = "self_device_time_total"
         table = events.table(sort_by=sort, row_limit=15)
-    print(f"\n### Profile: {name}, fast path (time_chunk={time_chunk}), {iters} training iterations, top 15 by {sort}\n")
-    print("```")
-    print(table)
-    print("```")
+    out(f"\n### Profile: {name}, fast path (time_chunk={time_chunk}), {iters} training iterations, top 15 by {sort}\n")
+    out("```")
+    out(table)
+    out("```")
     # Inclusive time of the regions: forward helpers, autograd backward nodes, the bench's phases.
     # On CUDA the device column (kernel time attributed to the region) is the one that counts;
     # CPU time there is mostly launch overhead.
@@ -375,12 +400,13 @@ def profile_fast(name, base, cfg, x, y, steps, loss_fn, device, time_chunk, iter
     rows.sort(key=lambda r: r[0], reverse=True)
     what = "device (kernel)" if on_cuda else "CPU"
     of = "all kernel time" if on_cuda else "forward+loss, backward and optimizer together"
-    print(f"\nInclusive {what} time by region ({name}; % of {of}; regions nest, so the rows do not add up):\n")
-    print("| region | calls | CPU ms | " + ("device ms | " if on_cuda else "") + "% |")
-    print("|---|---:|---:|" + ("---:|" if on_cuda else "") + "---:|")
+    out(f"\nInclusive {what} time by region ({name}; % of {of}; regions nest, so the rows do not add up):\n")
+    out("| region | calls | CPU ms | " + ("device ms | " if on_cuda else "") + "% |")
+    out("|---|---:|---:|" + ("---:|" if on_cuda else "") + "---:|")
     for value, key, e in rows[:20]:
         device_col = f" {device_us(e) / 1000:.1f} |" if on_cuda else ""
-        print(f"| {key} | {e.count} | {e.cpu_time_total / 1000:.1f} |{device_col} {100 * value / total:.1f} |")
+        out(f"| {key} | {e.count} | {e.cpu_time_total / 1000:.1f} |{device_col} {100 * value / total:.1f} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,12 +500,20 @@ def main():
                              "e.g. to pick --time-chunks")
     parser.add_argument("--no-check", action="store_true", help="skip the output/gradient agreement checks")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="leave glibc's malloc as it is, instead of qsnn.memory.keep_freed_memory() as training does")
     args = parser.parse_args()
 
-    wall_start = time.perf_counter()
+    wall_start = START
     warnings.filterwarnings("ignore", category=UserWarning)  # Brevitas/snnTorch deprecation chatter
     if args.threads:
         torch.set_num_threads(args.threads)
+    if keep_freed_memory is None:
+        malloc = "malloc: default (no qsnn.memory)"
+    elif args.malloc_default:
+        malloc = "malloc: default (--malloc-default)"
+    else:
+        malloc = "malloc: keep freed memory" if keep_freed_memory() else "malloc: default (keep_freed_memory n/a here)"
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -494,6 +528,7 @@ def main():
     if unknown or not names:
         raise SystemExit(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
     meter = MemoryMeter(device)
+    want_epoch = args.full_epoch == "yes" or (args.full_epoch == "auto" and on_cuda)
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # as qsnn.experiment sets it for training
 
@@ -504,10 +539,13 @@ def main():
               f" | brevitas {brevitas.__version__}"
               f"{f' | CUDA {torch.version.cuda}, cudnn.benchmark on' if on_cuda else ''}"
               f" | threads {torch.get_num_threads()}"
-              f" (interop {torch.get_num_interop_threads()}) | warm-up {warmup}, timed {iters} per path and phase")
+              f" (interop {torch.get_num_interop_threads()}) | {malloc}"
+              f" | warm-up {warmup}, timed {iters} per path and phase")
     log(header)
 
-    results, checks, grad_checks, epochs, notes = [], [], [], [], []
+    results, checks, grad_checks, epochs, notes, profiles = [], [], [], [], [], []
+    if want_epoch and "mnist" not in names:
+        notes.append("the full epoch is an MNIST epoch: add mnist to --configs to time it")
     for name in names:
         cfg = CONFIGS[name]
         steps = args.steps or cfg["steps"]
@@ -527,7 +565,7 @@ def main():
 
         for phase in ("train", "eval"):
             log(f"{name}: timing {phase}")
-            time_phase(paths, phase, x, y, steps, loss_fn, warmup, iters, device, meter, log)
+            time_phase(paths, phase, x, y, steps, loss_fn, warmup, iters, device, meter, log, notes)
             ref_median = None if args.no_reference else statistics.median(paths[0].times[phase])
             for path in paths:
                 if not path.times[phase]:
@@ -535,7 +573,8 @@ def main():
                 median = statistics.median(path.times[phase])
                 results.append(dict(config=f"{name} (B={cfg['batch']}, T={steps})", phase=phase, path=path.label,
                                     median=median, low=min(path.times[phase]), high=max(path.times[phase]),
-                                    speedup=ref_median / median if ref_median else None, memory=fmt_mib(path.memory[phase])))
+                                    speedup=ref_median / median if ref_median else None,
+                                    memory=fmt_mib(path.memory[phase])))
                 if path.label.startswith("fast+compile"):
                     notes.append(f"{name} {phase}: torch.compile warm-up (compilation included) took "
                                  f"{path.warmup_s[phase]:.1f} s")
@@ -565,7 +604,6 @@ def main():
                                                                 chunks[0][1])
             grad_checks.append(dict(config=name, loss=loss_ref, loss_diff=loss_diff, grad_rel=grad_rel))
 
-        want_epoch = args.full_epoch == "yes" or (args.full_epoch == "auto" and on_cuda)
         if name == "mnist" and want_epoch:
             for execution in ("fast", "reference") if args.full_epoch_reference else ("fast",):
                 seconds, count, peak = full_epoch(base, cfg, steps, device, execution, chunks[0][1], log)
@@ -574,14 +612,15 @@ def main():
 
         if args.profile:
             log(f"{name}: profiling the fast path")
-            profile_fast(name, base, cfg, x, y, steps, loss_fn, device, chunks[0][1], args.profile_iters, log)
+            profiles.append(profile_fast(name, base, cfg, x, y, steps, loss_fn, device, chunks[0][1],
+                                         args.profile_iters))
 
         del paths, base, x, y
         gc.collect()
         if on_cuda:
             torch.cuda.empty_cache()
 
-    # The report: markdown on stdout (profiles, if any, came above).
+    # The report: markdown on stdout.
     print()
     print(header)
     print()
@@ -611,11 +650,13 @@ def main():
               " iterations, copied into each fast path) and the same batch, eval mode (dropout off):")
         print()
         print("| config | fast path | layer | spikes (ref) | differing spikes | max abs spike-count diff"
-              " | max abs membrane diff | differing predictions |")
-        print("|---|---|---|---:|---:|---:|---:|---:|")
+              " | max abs membrane diff | ... before the first differing spike | differing predictions |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|")
         for c in checks:
+            before = "n/a (step 0)" if c["mem_before"] is None else f"{c['mem_before']:.3g}" + (
+                f" (steps < {c['first_flip']})" if c["first_flip"] is not None else " (none differ)")
             print(f"| {c['config']} | {c['path']} | {c['layer']} | {c['spikes']} / {c['elements']} | {c['differing']}"
-                  f" | {c['count']:g} | {c['mem']:.3g} | {c.get('predictions', '')} |")
+                  f" | {c['count']:g} | {c['mem']:.3g} | {before} | {c.get('predictions', '')} |")
     if grad_checks:
         print()
         print("| config | train loss (ref) | abs loss diff | max abs grad diff / max abs grad (worst parameter) |")
@@ -637,6 +678,8 @@ def main():
                   f" | {e['memory']} |")
     for note in notes:
         print(f"\nnote: {note}")
+    for text in profiles:
+        print(text)
     print(f"\nbench/bench_speed.py took {time.perf_counter() - wall_start:.0f} s in all.")
 
 

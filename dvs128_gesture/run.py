@@ -50,7 +50,7 @@ config = {
     # execution
     "device": "auto",  # auto (CUDA if available) | cpu | cuda | cuda:N
     "execution": "fast",  # fast (exact, layer-by-layer over time) | reference (paper's per-step loop)
-    "time_chunk": 0,  # fast: time steps per batched conv call; 0 = 1 on CPU, all on GPU
+    "time_chunk": 0,  # fast: time steps per conv call; 0 = all at once (fastest on CPU and GPU)
     "tensor_data": True,  # batch from the frame cache held as tensors; False = DataLoader
     "num_workers": 0,  # DataLoader worker processes (only with tensor_data False)
     "sync_batch_norm": False,  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)

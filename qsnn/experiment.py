@@ -10,6 +10,7 @@ import torch
 from . import distributed, runlog
 from .data import make_loaders
 from .errors import UserError
+from .memory import keep_freed_memory
 from .train import NonFiniteLoss, StopRequested, run_trial
 
 # Keys that may differ when resuming: they change where and how fast, not what is computed.
@@ -87,6 +88,7 @@ def resume_command():
 def run_experiment(cfg, resume=False, overwrite=False):
     """Run every trial of cfg; returns {trial: best score} of the trials that ran to the end."""
     device = distributed.setup(resolve_device(cfg["device"]))
+    keep_freed_memory()
     try:
         run_dir, cfg = prepare_run_folder(cfg, resume, overwrite)
         if device.type == "cuda":

@@ -10,7 +10,12 @@ Every layer is `conv (no bias) -> 2x2 avg-pool -> BatchNorm (optional) -> LIF`, 
   convolution (a stride-2 conv with a 6x6 kernel), a static input's first layer is computed
   once, and the LIF recurrence runs in one autograd Function (`qsnn.neurons`).
 """
-import brevitas.nn as qnn
+import logging
+
+# Brevitas imports torch.utils.cpp_extension, which warns on every CPU-only machine.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+import brevitas.nn as qnn  # noqa: E402
 import snntorch as snn
 import torch
 import torch.nn.functional as F
@@ -79,8 +84,7 @@ def batch_norm_over_time(x, bn):
     out = F.batch_norm(by_sample, None, None, bn.weight.repeat(steps), bn.bias.repeat(steps),
                        True, 0.0, bn.eps)
     with torch.no_grad():
-        means = x.mean((1, 3, 4))
-        variances = x.var((1, 3, 4), unbiased=True)  # running_var tracks the unbiased estimate
+        variances, means = torch.var_mean(x, (1, 3, 4), unbiased=True)  # running_var is unbiased
         _update_running_stats(bn, means, variances)
     return out.view(batch, steps, *x.shape[2:]).transpose(0, 1)  # back to [T, B, C, H, W]
 
@@ -114,7 +118,7 @@ class SpikingConvBlock(nn.Module):
             current = self.bn(current)
         return self.lif(current, mem)
 
-    def run(self, x, num_steps=None, time_chunk=1):
+    def run(self, x, num_steps=None, time_chunk=0):
         """Fast: all steps of x [T, B, C, H, W], or of a static x [B, C, H, W] repeated num_steps times."""
         weight = fold_avg_pool(effective_weight(self.conv))
         if num_steps is not None:
@@ -202,10 +206,9 @@ class QSNN(nn.Module):
         return [(torch.stack(spk), torch.stack(mem)) for spk, mem in record]
 
     def _run_fast(self, x, num_steps):
-        time_chunk = self.time_chunk or (0 if x.is_cuda else 1)
         layers, out = [], x
         for i, block in enumerate(self.blocks):
-            out, mem = block.run(out, num_steps if i == 0 else None, time_chunk)
+            out, mem = block.run(out, num_steps if i == 0 else None, self.time_chunk)
             layers.append((out, mem))
         layers.append(self.head.run(out))
         return layers

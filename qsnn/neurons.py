@@ -53,9 +53,8 @@ class _LIFSequence(torch.autograd.Function):
             torch.div(grad_spk, grad, out=grad)
         if grad_mem is not None:
             grad.add_(grad_mem)
-        decay = float(beta)
         for t in range(grad.shape[0] - 2, -1, -1):
-            grad[t].add_(grad[t + 1], alpha=decay)
+            grad[t].addcmul_(grad[t + 1], beta)  # beta stays a tensor: no device sync
         grad_current = grad.sum(0) if ctx.static else grad
         return grad_current, None, None, None, None
 
