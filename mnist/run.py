@@ -64,7 +64,7 @@ demo = {
     "epochs": 10,
     "patience": 10,
     "num_trials": 1,
-    "t_max": 450,  # 45 iterations an epoch: the LR falls over 10 epochs as in the paper
+    "t_max": 180,  # 45 iterations an epoch: the LR falls over 4 epochs, is boosted over the next 4
     "lr": 5e-3,
 }
 
