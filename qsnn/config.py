@@ -4,7 +4,6 @@ Every key of the dict can be set as `--key value` or `--key=value`; the value ke
 the default. `--help` prints each key with its default and the comment beside it in run.py.
 """
 import ast
-import io
 import json
 import os
 import tokenize

@@ -24,10 +24,7 @@ Datasets read frames through a read-only memmap (pages stay in the OS cache, not
 `frames_as_tensors` loads a whole split into RAM as int16.
 """
 
-import os
 import socket
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +36,7 @@ from tonic.transforms import Downsample
 from tqdm import tqdm
 
 from qsnn.errors import UserError
+from qsnn.runlog import atomic_path
 
 SENSOR_SIDE = DVSGesture.sensor_size[0]
 CACHE_VERSION = "v1"  # bump when the binning code changes, so old caches are not reused
@@ -159,15 +157,15 @@ def _bin_split(events: DVSGesture, split: str, settings: BinningSettings, cache_
     order = sorted(range(len(events)), key=lambda i: events.data[i])
     shape = (len(order), settings.num_steps(split), 2, settings.side, settings.side)
     frames_path, labels_path, files_path = _cache_files(cache_dir, split)
-    with _atomic_path(frames_path) as tmp:
+    with atomic_path(frames_path) as tmp:
         frames = np.lib.format.open_memmap(tmp, mode="w+", dtype=FRAME_DTYPE, shape=shape)
         for row, index in enumerate(tqdm(order, desc=f"binning {split}", unit="sample")):
             frames[row] = _bin_events(events[index][0], shape[1], settings)
         frames.flush()
         del frames
-    with _atomic_path(labels_path) as tmp:
+    with atomic_path(labels_path) as tmp:
         np.save(tmp, np.array([events.targets[i] for i in order], dtype=np.int64))
-    with _atomic_path(files_path) as tmp:
+    with atomic_path(files_path) as tmp:
         Path(tmp).write_text("".join(f"{Path(events.data[i]).relative_to(root)}\n" for i in order))
 
 
@@ -187,19 +185,6 @@ def _bin_events(events: np.ndarray, num_steps: int, settings: BinningSettings) -
     frames = to_frame_numpy(events, sensor_size, time_window=settings.time_window_us,
                             start_time=start, end_time=start + num_steps * settings.time_window_us)
     return frames.astype(FRAME_DTYPE, copy=False)
-
-
-@contextmanager
-def _atomic_path(target: Path):
-    """Yield a temp path next to `target`; it replaces `target` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _split_names(split: str) -> tuple[str, str]:

@@ -16,6 +16,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -45,20 +46,29 @@ def trial_files(run_dir, exp, k):
             "last": run_dir / f"last_{exp}_t{k}.pt"}
 
 
-def atomic_write(path, write):
-    """Call write(file_object) on a temporary file beside path, then move it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextmanager
+def atomic_path(target):
+    """A temporary path beside target that replaces it if the block succeeds (and is removed if not).
+
+    The temporary name keeps target's suffix (numpy appends .npy otherwise) and starts with a dot.
+    """
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def atomic_write(path, write):
+    """Call write(file_object) on a temporary file beside path, then move it into place."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(path, text):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import NULLABLE, REPO_ROOT, check_type, coerce, parse_args, resolve_path, validate
+from . import runlog
 from .errors import UserError
 
 DATASETS = ("mnist", "fashion_mnist", "dvs128_gesture")
@@ -481,9 +482,7 @@ def best_config(run_py_cfg, params):
 def write_json(path, data):
     """Write data as indented JSON, replacing the file atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    runlog.write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def report(study, url, run_py_cfg, out, overrides, run_py):

@@ -49,7 +49,7 @@ def test_training_loss_falls_and_every_output_is_written(tiny_config):
         assert (folder / f"last_mnist_4bit_cosine_t{k}.pt").exists()
     status = runlog.read_status(folder)
     assert status["0"]["state"] == status["1"]["state"] == "finished"
-    assert not list(folder.glob(".*.tmp"))  # no temporary files left behind
+    assert not list(folder.glob(".*"))  # no temporary files left behind
 
 
 def test_trial_k_is_seeded_with_seed_plus_k(tiny_config):
