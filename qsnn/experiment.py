@@ -54,7 +54,8 @@ def prepare_run_folder(cfg, resume, overwrite):
     """Create or reuse the run folder; returns (run_dir, cfg) with the saved config when resuming."""
     run_dir = runlog.run_folder(cfg)
     saved = runlog.read_run_config(run_dir)
-    has_results = saved is not None or any(run_dir.glob("acc_*.csv"))
+    # A config.json alone (e.g. a run that stopped on missing data) holds no results to protect.
+    has_results = (run_dir / "status.json").exists() or any(run_dir.glob("acc_*.csv"))
     if resume and overwrite:
         raise UserError("give either --resume or --overwrite, not both")
     if has_results and not (resume or overwrite):

@@ -126,3 +126,29 @@ def test_cli_exits_2_with_one_error_line_before_touching_data(defaults, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --lr -1.0 is not allowed; must be > 0"]
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bogus", "1"], "error: unknown config key --bogus; valid keys: dataset"),
+    (["--epochs", "many"], "error: --epochs expects int, got 'many'; valid keys: dataset"),
+    (["--num_bits", "0"], "error: --num_bits 0 is not allowed; must be None (full precision) or 1..16"),
+    (["--resume", "--overwrite"], "error: give either --resume or --overwrite, not both"),
+])
+def test_every_user_error_exits_2_with_its_message(defaults, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(defaults, argv=argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err
+
+
+def test_an_existing_run_is_refused_with_exit_2(tiny_config, capsys):
+    from qsnn import runlog
+
+    folder = runlog.run_folder(tiny_config)
+    folder.mkdir(parents=True)
+    (folder / "status.json").write_text('{"trials": {}}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_config, argv=[])
+    assert exit_info.value.code == 2
+    assert "add --resume to continue it or --overwrite" in capsys.readouterr().err

@@ -118,3 +118,12 @@ def test_an_existing_run_is_not_overwritten_silently(tiny_config):
     run_experiment({**cfg, "seed": 5}, overwrite=True)
     assert json.loads((run_dir_of(cfg) / "config.json").read_text())["config"]["seed"] == 5
     assert (run_dir_of(cfg) / "config.json").stat().st_mtime_ns != before
+
+
+def test_a_run_that_stopped_before_training_can_simply_be_rerun(tiny_config, tmp_path):
+    cfg = {**tiny_config, "epochs": 1, "data_dir": str(tmp_path / "no_data_yet")}
+    with pytest.raises(UserError, match="MNIST is not in"):
+        run_experiment({**cfg, "dataset": "mnist"})
+    assert (run_dir_of(cfg) / "config.json").exists()
+    run_experiment(tiny_config | {"epochs": 1})  # same folder, now with data: no --overwrite needed
+    assert runlog.read_status(run_dir_of(cfg))["0"]["state"] == "finished"
