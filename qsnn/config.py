@@ -85,10 +85,7 @@ def check_type(key, value, default):
     if type(value) is wanted:
         return value
     allowed = wanted.__name__ + (" or None" if key in NULLABLE else "")
-    raise UserError(f"--{key} expects {allowed}, got {value!r}; valid keys: {', '.join(KEYS_HINT)}")
-
-
-KEYS_HINT = []  # filled by parse_args so messages can list the valid keys
+    raise UserError(f"--{key} expects {allowed}, got {value!r}")
 
 
 def split_argv(argv):
@@ -115,7 +112,6 @@ def parse_args(defaults, argv, demo=None):
 
     Returns (cfg, flags) where flags holds the booleans demo, resume, overwrite and help.
     """
-    KEYS_HINT[:] = list(defaults)
     cfg = dict(defaults)
     flags = {"demo": False, "resume": False, "overwrite": False, "help": False}
     pairs = split_argv(argv)
@@ -136,7 +132,10 @@ def parse_args(defaults, argv, demo=None):
             raise UserError(f"unknown config key --{name}; valid keys: {', '.join(defaults)}")
         if text is None and not isinstance(defaults[name], bool):
             raise UserError(f"--{name} needs a value, e.g. --{name} {defaults[name]!r}")
-        cfg[name] = True if text is None else coerce(name, text, defaults[name])
+        try:
+            cfg[name] = True if text is None else coerce(name, text, defaults[name])
+        except UserError as e:
+            raise UserError(f"{e}; valid keys: {', '.join(defaults)}") from None
     return cfg, flags
 
 
