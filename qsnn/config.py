@@ -178,7 +178,7 @@ def _range_checks():
         ("gamma", lambda v: 0 < v <= 1, "within (0, 1]"),
         ("t_mult", lambda v: v >= 1, ">= 1"),
         ("num_workers", lambda v: v >= 0, ">= 0"),
-        ("time_chunk", lambda v: v >= 0, ">= 0 (0 = automatic)"),
+        ("time_chunk", lambda v: v >= 0, ">= 0 (0 = all steps at once)"),
         ("num_bits", lambda v: v is None or 1 <= v <= 16, "None (full precision) or 1..16"),
         ("grad_clip", lambda v: v is None or v > 0, "None (off) or > 0"),
         ("weight_clip", lambda v: v is None or v > 0, "None (off) or > 0"),
