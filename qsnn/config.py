@@ -199,6 +199,8 @@ def validate(cfg):
         problems.append(f"--base_lr {cfg['base_lr']!r} is not allowed; the cyclic schedule needs base_lr < lr ({cfg['lr']!r})")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.get("tensor_data", True):
         problems.append("--tensor_data False is not supported under torchrun; use --tensor_data True")
+    if cfg.get("sync_batch_norm") and (cfg["device"] == "cpu" or not cuda_available()):
+        problems.append("--sync_batch_norm True needs CUDA devices (PyTorch's SyncBatchNorm); use False on CPU")
     device_problem = check_device(cfg["device"])
     if device_problem:
         problems.append(device_problem)
@@ -207,6 +209,13 @@ def validate(cfg):
         problems.append(output_problem)
     if problems:
         raise UserError("\n".join(problems))
+
+
+def cuda_available():
+    """True if torch sees a CUDA device (torch is imported only when asked)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def check_device(name):

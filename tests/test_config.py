@@ -152,3 +152,11 @@ def test_an_existing_run_is_refused_with_exit_2(tiny_config, capsys):
         main(tiny_config, argv=[])
     assert exit_info.value.code == 2
     assert "add --resume to continue it or --overwrite" in capsys.readouterr().err
+
+
+def test_sync_batch_norm_needs_cuda(defaults):
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--sync_batch_norm True needs CUDA"):
+            validate({**defaults, "sync_batch_norm": True})
