@@ -61,11 +61,15 @@ def baseline(tmp_path_factory):
     return cfg, logs(root / "runs" / EXP)
 
 
-def test_sigkill_mid_epoch_then_resume_gives_identical_logs(baseline, tmp_path):
+def start_like_baseline(baseline, tmp_path):
+    """The baseline's run started afresh in tmp_path: (cfg, expected logs, run folder, process)."""
     cfg, expected = baseline
     cfg = {**cfg, "output_dir": str(tmp_path / "runs")}
-    folder = tmp_path / "runs" / EXP
-    process = start_run(cfg)
+    return cfg, expected, tmp_path / "runs" / EXP, start_run(cfg)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_logs(baseline, tmp_path):
+    cfg, expected, folder, process = start_like_baseline(baseline, tmp_path)
     wait_for_epochs(process, folder, 2)
     time.sleep(0.3)  # into epoch 3
     process.kill()
@@ -81,10 +85,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_logs(baseline, tmp_path):
 
 
 def test_ctrl_c_stops_safely_and_prints_the_resume_command(baseline, tmp_path):
-    cfg, expected = baseline
-    cfg = {**cfg, "output_dir": str(tmp_path / "runs")}
-    folder = tmp_path / "runs" / EXP
-    process = start_run(cfg)
+    cfg, expected, folder, process = start_like_baseline(baseline, tmp_path)
     wait_for_epochs(process, folder, 1)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
