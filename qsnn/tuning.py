@@ -532,6 +532,7 @@ def prepare(args):
 def run_search(args, trial_base, space, overrides, url):
     """Validate, open the study, run trials until it holds --n-trials finished ones; returns the study."""
     from .experiment import resolve_device, stop_on_signals
+    from .memory import keep_freed_memory
 
     validate(trial_base)
     check_ranges(trial_base, space)
@@ -543,6 +544,7 @@ def run_search(args, trial_base, space, overrides, url):
     print(f"study {args.study} ({shown_url(url)}): {finished(counts)} of {args.n_trials} trials finished, "
           f"{counts['RUNNING']} running elsewhere; searching " + ", ".join(p.describe() for p in space.values()))
     device = resolve_device(trial_base["device"])
+    keep_freed_memory()  # as training does (see qsnn/memory.py)
     with stop_on_signals() as received, quiet_interrupt_tracebacks():
         optimize(study, Objective(trial_base, space, device, received), args.n_trials, received)
     return study
