@@ -127,3 +127,23 @@ def test_a_run_that_stopped_before_training_can_simply_be_rerun(tiny_config, tmp
     assert (run_dir_of(cfg) / "config.json").exists()
     run_experiment(tiny_config | {"epochs": 1})  # same folder, now with data: no --overwrite needed
     assert runlog.read_status(run_dir_of(cfg))["0"]["state"] == "finished"
+
+
+def test_root_scripts_read_what_training_writes(tiny_config, tmp_path):
+    import extract_test_set_accuracy
+    import plot_results
+
+    cfg = {**tiny_config, "num_trials": 2, "epochs": 2, "val_split": 0.25}
+    run_experiment(cfg)
+    runs = run_dir_of(cfg).parent
+    table = tmp_path / "table.csv"
+    assert extract_test_set_accuracy.main([str(runs), "--out", str(table)]) == 0
+    (row,) = read_csv(table)
+    best = [max(float(r["test_acc"]) for r in read_csv(run_dir_of(cfg) / f"acc_mnist_4bit_cosine_t{k}.csv"))
+            for k in (0, 1)]
+    assert (row["dataset"], row["precision"], row["scheduler"], row["n_trials"]) == ("mnist", "4bit", "cosine", "2")
+    assert float(row["test_acc_max"]) == pytest.approx(max(best))
+    assert float(row["test_acc_mean"]) == pytest.approx(sum(best) / 2)
+    assert row["n_val_trials"] == "2"
+    assert plot_results.main([str(runs), "--out", str(tmp_path / "figures"), "--lr"]) == 0
+    assert (tmp_path / "figures" / "loss_curves.png").stat().st_size > 0
