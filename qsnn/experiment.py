@@ -121,19 +121,12 @@ def run_one(cfg, k, loaders, generator, run_dir, device, received, resume):
     try:
         state = run_trial(cfg, k, loaders, generator, run_dir, device, lambda: bool(received), resume)
     except StopRequested:
-        if distributed.is_main():
-            runlog.update_status(run_dir, k, state="interrupted", reason=received[0] if received else "signal")
-        raise Interrupted(f"stopped by {received[0] if received else 'a signal'} in trial {k}; every completed epoch is saved in "
+        signal_name = received[0] if received else "a signal"
+        raise Interrupted(f"stopped by {signal_name} in trial {k}; every completed epoch is saved in "
                           f"{run_dir}. Resume with: {resume_command()}") from None
     except NonFiniteLoss as e:
         print(f"trial {k} stopped: {e}; its logs and best checkpoint are kept", file=sys.stderr)
-        if distributed.is_main():
-            runlog.update_status(run_dir, k, state="failed", reason=str(e))
         return None
-    if distributed.is_main():
-        reason = "early_stopping" if state.epoch < cfg["epochs"] else "max_epochs"
-        runlog.update_status(run_dir, k, state="finished", reason=reason, epochs_completed=state.epoch,
-                             best_score=state.best_score, best_epoch=state.best_epoch)
     return state.best_score
 
 

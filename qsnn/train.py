@@ -5,6 +5,7 @@
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
@@ -205,32 +206,52 @@ def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=F
     write = distributed.is_main()
     if write:
         runlog.update_status(run_dir, k, state="running", epochs_completed=state.epoch)
-    while state.epoch < cfg["epochs"] and state.epoch - state.best_epoch < cfg["patience"]:
-        epoch = state.epoch + 1
-        start = time.perf_counter()
-        losses, lrs = train_epoch(network, loaders["train"], optimizer, scheduler, loss_fn, cfg, device,
-                                  epoch, should_stop)
-        train_time = time.perf_counter() - start
-        test_acc = evaluate(model, loaders["test"], test_steps(cfg), device)
-        val_acc = evaluate(model, loaders["val"], test_steps(cfg), device) if use_val else None
-        score = val_acc if use_val else test_acc
-        row = (test_acc, *((val_acc,) if use_val else ()), float(np.mean(losses)), round(train_time, 3))
-        state.add_epoch(losses, lrs, row)
-        improved = score > state.best_score
-        if improved:
-            state.best_score, state.best_epoch = score, epoch
-        if write:
+    with recording_outcome(run_dir, k, write):
+        while state.epoch < cfg["epochs"] and state.epoch - state.best_epoch < cfg["patience"]:
+            epoch = state.epoch + 1
+            start = time.perf_counter()
+            losses, lrs = train_epoch(network, loaders["train"], optimizer, scheduler, loss_fn, cfg, device,
+                                      epoch, should_stop)
+            train_time = time.perf_counter() - start
+            test_acc = evaluate(model, loaders["test"], test_steps(cfg), device)
+            val_acc = evaluate(model, loaders["val"], test_steps(cfg), device) if use_val else None
+            score = val_acc if use_val else test_acc
+            row = (test_acc, *((val_acc,) if use_val else ()), float(np.mean(losses)), round(train_time, 3))
+            state.add_epoch(losses, lrs, row)
+            improved = score > state.best_score
             if improved:
-                runlog.save_checkpoint({"model": model.state_dict(), "epoch": epoch, "test_acc": test_acc,
-                                        "val_acc": val_acc, "config": cfg}, files["best"])
-            save_epoch(state, files, acc_header, model, optimizer, scheduler, generator)
-            runlog.update_status(run_dir, k, state="running", epochs_completed=epoch,
-                                 best_score=state.best_score, best_epoch=state.best_epoch)
-            tqdm.write(epoch_summary(cfg, k, epoch, state, np.mean(losses), test_acc, val_acc, lrs[-1],
-                                     train_time))
-        if on_epoch is not None:
-            on_epoch(epoch, score)
+                state.best_score, state.best_epoch = score, epoch
+            if write:
+                if improved:
+                    runlog.save_checkpoint({"model": model.state_dict(), "epoch": epoch, "test_acc": test_acc,
+                                            "val_acc": val_acc, "config": cfg}, files["best"])
+                save_epoch(state, files, acc_header, model, optimizer, scheduler, generator)
+                runlog.update_status(run_dir, k, state="running", epochs_completed=epoch,
+                                     best_score=state.best_score, best_epoch=state.best_epoch)
+                tqdm.write(epoch_summary(cfg, k, epoch, state, np.mean(losses), test_acc, val_acc, lrs[-1],
+                                         train_time))
+            if on_epoch is not None:
+                on_epoch(epoch, score)
+    if write:
+        reason = "early_stopping" if state.epoch < cfg["epochs"] else "max_epochs"
+        runlog.update_status(run_dir, k, state="finished", reason=reason, epochs_completed=state.epoch,
+                             best_score=state.best_score, best_epoch=state.best_epoch)
     return state
+
+
+@contextmanager
+def recording_outcome(run_dir, k, write):
+    """Record in status.json why trial k stopped early (signal or non-finite loss), then re-raise."""
+    try:
+        yield
+    except StopRequested:
+        if write:
+            runlog.update_status(run_dir, k, state="interrupted", reason="stopped by a signal")
+        raise
+    except NonFiniteLoss as e:
+        if write:
+            runlog.update_status(run_dir, k, state="failed", reason=str(e))
+        raise
 
 
 def save_epoch(state, files, acc_header, model, optimizer, scheduler, generator):

@@ -406,14 +406,9 @@ class Objective:
             raise
         except NonFiniteLoss as e:
             # A diverging setting is a bad one, not a broken study: prune it so TPE learns to avoid it.
-            runlog.update_status(run_dir, 0, state="failed", reason=str(e))
             raise optuna.TrialPruned(str(e)) from None
         except StopRequested:
-            runlog.update_status(run_dir, 0, state="interrupted", reason=self.received[0])
             raise Interrupted(interrupt_message(self.received[0], trial.number)) from None
-        reason = "early_stopping" if state.epoch < cfg["epochs"] else "max_epochs"
-        runlog.update_status(run_dir, 0, state="finished", reason=reason, epochs_completed=state.epoch,
-                             best_score=state.best_score, best_epoch=state.best_epoch)
         trial.set_user_attr("best_epoch", state.best_epoch)
         return state.best_score
 
