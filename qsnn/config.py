@@ -156,6 +156,11 @@ def read_config_file(path, defaults):
     return {k: check_type(k, v, defaults[k]) for k, v in values.items()}
 
 
+def precision_name(num_bits):
+    """'fp32' for the full-precision network, else e.g. '4bit' (run folder names, result tables)."""
+    return "fp32" if num_bits is None else f"{num_bits}bit"
+
+
 def resolve_path(path):
     """A config path: absolute as given, relative ones against the repository root."""
     path = Path(os.path.expanduser(path))

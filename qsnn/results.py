@@ -24,6 +24,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 import pandas as pd
 
+from qsnn.config import precision_name
 from qsnn.errors import UserError
 
 # Folders that never hold runs but can be huge (datasets, environments).
@@ -172,8 +173,7 @@ def precision_label(meta: dict) -> str:
     """config.json's "precision", else "fp32" for config.num_bits null and "<N>bit" for N."""
     if isinstance(meta.get("precision"), str) and meta["precision"]:
         return meta["precision"]
-    bits = meta["config"].get("num_bits")
-    return "fp32" if bits is None else f"{bits}bit"
+    return precision_name(meta["config"].get("num_bits"))
 
 
 def _trial_indices(folder: Path, name: str, num_trials, status: dict[int, dict]) -> tuple[int, ...]:

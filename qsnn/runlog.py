@@ -21,12 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .config import REPO_ROOT, resolve_path
-
-
-def precision_name(num_bits):
-    """'fp32' for the full-precision network, else e.g. '4bit'."""
-    return "fp32" if num_bits is None else f"{num_bits}bit"
+from .config import REPO_ROOT, precision_name, resolve_path
 
 
 def experiment_name(cfg):
