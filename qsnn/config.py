@@ -225,16 +225,16 @@ def cuda_available():
 
 def check_device(name):
     """None if the device name is usable here, else a one-line problem."""
-    import torch
-
     if name in ("auto", "cpu"):
         return None
     if name == "cuda" or name.startswith("cuda:"):
         index = name[5:] or "0"
         if not index.isdigit():
             return f"--device {name!r} is not allowed; use auto, cpu, cuda or cuda:N"
-        if not torch.cuda.is_available():
+        if not cuda_available():
             return f"--device {name!r} asks for CUDA, but no CUDA device is available here; use --device cpu or auto"
+        import torch
+
         if int(index) >= torch.cuda.device_count():
             return f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here"
         return None
