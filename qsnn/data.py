@@ -1,37 +1,125 @@
-"""Datasets and mini-batches: torchvision MNIST/FashionMNIST, scikit-learn digits, DVS128 Gesture."""
+"""Datasets and mini-batches: MNIST/FashionMNIST IDX files, scikit-learn digits, DVS128 Gesture."""
+import gzip
+import os
 import socket
+import zlib
+from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .config import resolve_path
 from .distributed import shard
 from .errors import UserError
 
-RAW_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+RAW_FILES = tuple(f"{name}.gz" for pair in IDX_NAMES.values() for name in pair)
 SOURCES = {"mnist": ("MNIST", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
            "fashion_mnist": ("FashionMNIST", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")}
+# Debian/Ubuntu's `dataset-fashion-mnist` package: the four .gz files, recompressed.
+# QSNN_NO_SYSTEM_DATA=1 ignores it (the tests set it, so that the machine's packages don't matter).
+SYSTEM_FOLDERS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 
 
-def load_image_dataset(name, data_dir, download=True):
-    """torchvision's MNIST or FashionMNIST (train, test), images scaled to [0, 1]."""
-    from torchvision import datasets, transforms
+class IdxImages(Dataset):
+    """28x28 uint8 images and their labels, read from IDX files; items are ToTensor-scaled floats."""
+
+    def __init__(self, images, labels):
+        self.data, self.targets = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.data[i].unsqueeze(0).float().div(255), int(self.targets[i])
+
+
+def read_idx(path, ndim):
+    """An IDX file (gzip-compressed or not) as a uint8 array with `ndim` dimensions, checked by content."""
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); replace it with a good copy") from None
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[:4] != bytes((0, 0, 0x08, ndim)):
+        raise UserError(f"{path} is not an IDX file of uint8 with {ndim} dimension(s) (bad magic number); "
+                        "replace it with a good copy")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) - header != int(np.prod(shape)):
+        raise UserError(f"{path} should hold {int(np.prod(shape))} bytes of data for shape {shape} "
+                        f"but holds {len(raw) - header} (truncated?); replace it with a good copy")
+    return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=header).reshape(shape)  # writable copy
+
+
+def find_idx_files(folder):
+    """{split: (images path, labels path)} if folder holds all four files (each plain or .gz), else None."""
+    found = {}
+    for split, names in IDX_NAMES.items():
+        paths = []
+        for name in names:
+            candidates = [folder / name, folder / f"{name}.gz"]
+            present = [p for p in candidates if p.is_file()]
+            if not present:
+                return None
+            paths.append(present[0])
+        found[split] = tuple(paths)
+    return found
+
+
+def read_split(images_path, labels_path):
+    """An IdxImages from one images file and its labels file, with their counts and sizes checked."""
+    images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
+    if images.shape[1:] != (28, 28):
+        raise UserError(f"{images_path} holds images of {images.shape[1:]} pixels, not 28x28")
+    if len(images) != len(labels):
+        raise UserError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels; "
+                        "replace them with a matching pair")
+    if labels.size and labels.max() > 9:
+        raise UserError(f"{labels_path} holds label {labels.max()}; MNIST-style labels are 0..9")
+    return IdxImages(images, labels)
+
+
+def download_with_torchvision(name, root):
+    """Let torchvision fetch the raw files into root/<Folder>/raw; False if that fails."""
+    from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
-    root = resolve_path(data_dir)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)  # an unreachable mirror should fail in seconds, not hang
     try:
-        return tuple(cls(str(root), train=train, download=download, transform=transforms.ToTensor())
-                     for train in (True, False))
-    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError... for the same cause
-        folder, url = SOURCES[name]
-        raise UserError(
-            f"{folder} is not in {root / folder / 'raw'} and could not be downloaded ({type(e).__name__}); "
-            f"put {', '.join(RAW_FILES)} from {url} in that folder and run again") from None
+        cls(str(root), train=True, download=True)
+        return True
+    except Exception:  # torchvision raises RuntimeError, URLError, OSError... for the same cause
+        return False
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def load_image_dataset(name, data_dir, download=True):
+    """MNIST or FashionMNIST (train, test) from IDX files: data_dir, then a system copy, then a download.
+
+    The files are accepted by content (any gzip settings, or uncompressed), never by archive checksum.
+    """
+    root = resolve_path(data_dir)
+    folder, url = SOURCES[name]
+    raw = root / folder / "raw"
+    use_system = name in SYSTEM_FOLDERS and not os.environ.get("QSNN_NO_SYSTEM_DATA")
+    places = [raw] + ([SYSTEM_FOLDERS[name]] if use_system else [])
+    files = next(((p, f) for p in places if (f := find_idx_files(p))), None)
+    if files is None and download and download_with_torchvision(name, root):
+        files = (raw, find_idx_files(raw))
+    if files is None or files[1] is None:
+        system = (f", or install Debian's dataset-fashion-mnist package (/usr/share/datasets/fashion-mnist)"
+                  if name in SYSTEM_FOLDERS else "")
+        raise UserError(f"{folder} is not in {raw} and could not be downloaded; put {', '.join(RAW_FILES)} "
+                        f"(.gz or uncompressed) from {url} in that folder{system} and run again")
+    place, paths = files
+    print(f"reading {folder} from {place}")
+    return read_split(*paths["train"]), read_split(*paths["test"])
 
 
 def load_digits_demo(test_fraction=0.2, seed=0):

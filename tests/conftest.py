@@ -5,6 +5,8 @@ from pathlib import Path
 
 # Tiny tensors: one thread avoids oversubscription on small shared CPUs (subprocesses inherit it).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Data installed on this machine (Debian's dataset-fashion-mnist) must not change what the tests see.
+os.environ["QSNN_NO_SYSTEM_DATA"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

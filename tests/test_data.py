@@ -1,14 +1,17 @@
 """Data: torchvision's loaders on fixture files, the tensor batcher, the digits demo, missing data."""
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchvision_fixture import write_idx, write_mnist_fixture
 
-from qsnn.data import TensorBatches, as_tensors, load_digits_demo, load_image_dataset, make_loaders, to_float
+from qsnn import data
+from qsnn.data import RAW_FILES, TensorBatches, as_tensors, load_digits_demo, load_image_dataset, make_loaders, to_float
 from qsnn.errors import UserError
 
 
 @pytest.mark.parametrize("name, fixture", [("mnist", "mnist_dir"), ("fashion_mnist", "fashion_dir")])
-def test_torchvision_reads_the_fixture(name, fixture, request):
+def test_idx_loader_reads_the_fixture(name, fixture, request):
     train, test = load_image_dataset(name, request.getfixturevalue(fixture), download=False)
     assert (len(train), len(test)) == (240, 120)
     image, label = train[0]
@@ -75,3 +78,59 @@ def test_missing_data_says_which_files_to_put_where(tmp_path):
     assert str(tmp_path / "empty" / "FashionMNIST" / "raw") in message
     assert "train-images-idx3-ubyte.gz" in message and "t10k-labels-idx1-ubyte.gz" in message
     assert "\n" not in message
+
+
+def gzip_fixture(root, folder="MNIST"):
+    """The fixture's four files gzip-compressed with other settings than the originals (level 1)."""
+    import gzip
+
+    raw = write_mnist_fixture(root, folder, n_train=60, n_test=20) / folder / "raw"
+    for path in list(raw.iterdir()):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes(), compresslevel=1))
+        path.unlink()
+    return raw
+
+
+def test_gzip_files_with_any_checksum_are_read_by_content(tmp_path):
+    raw = gzip_fixture(tmp_path / "gz")
+    plain_root = write_mnist_fixture(tmp_path / "plain", "MNIST", n_train=60, n_test=20)
+    (gz_train, gz_test), (train, test) = (load_image_dataset("mnist", tmp_path / "gz", download=False),
+                                          load_image_dataset("mnist", plain_root, download=False))
+    assert sorted(p.name for p in raw.iterdir()) == sorted(RAW_FILES)
+    assert torch.equal(gz_train.data, train.data) and torch.equal(gz_test.targets, test.targets)
+    assert gz_train.data.shape == (60, 28, 28) and len(gz_test) == 20
+
+
+def test_debian_fashion_mnist_is_found_when_data_dir_is_empty(tmp_path, monkeypatch, capsys):
+    system = gzip_fixture(tmp_path / "usr", "FashionMNIST")
+    monkeypatch.delenv("QSNN_NO_SYSTEM_DATA")
+    monkeypatch.setitem(data.SYSTEM_FOLDERS, "fashion_mnist", system)
+    train, test = load_image_dataset("fashion_mnist", tmp_path / "empty", download=False)
+    assert (len(train), len(test)) == (60, 20)
+    assert f"reading FashionMNIST from {system}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda b: b"\x00\x00\x08\x07" + b[4:], "bad magic number"),
+    (lambda b: b[:len(b) // 2], "truncated"),
+    (lambda b: b[:4] + (7).to_bytes(4, "big") + b[8:], "truncated"),  # header's count disagrees
+])
+def test_damaged_idx_file_is_one_clear_error(tmp_path, damage, words):
+    raw = write_mnist_fixture(tmp_path / "d", "MNIST", n_train=30, n_test=10) / "MNIST" / "raw"
+    target = raw / "train-images-idx3-ubyte"
+    target.write_bytes(damage(target.read_bytes()))
+    with pytest.raises(UserError, match=words) as err:
+        load_image_dataset("mnist", tmp_path / "d", download=False)
+    assert str(target) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_gzip_and_mismatched_counts_are_one_clear_error(tmp_path):
+    raw = gzip_fixture(tmp_path / "g")
+    target = raw / "t10k-labels-idx1-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:30])
+    with pytest.raises(UserError, match="cannot read .*t10k-labels"):
+        load_image_dataset("mnist", tmp_path / "g", download=False)
+    raw = write_mnist_fixture(tmp_path / "m", "MNIST", n_train=30, n_test=10) / "MNIST" / "raw"
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(29, dtype=np.uint8))
+    with pytest.raises(UserError, match="30 images but .* 29 labels"):
+        load_image_dataset("mnist", tmp_path / "m", download=False)
