@@ -15,7 +15,7 @@ def main(config, demo=None, argv=None):
         if flags["help"]:
             print(format_help(config, read_key_comments(source), _display_path(source)))
             return 0
-        validate(cfg)
+        validate(cfg, datasets=tuple(dict.fromkeys([config["dataset"], *([demo["dataset"]] if demo else [])])))
         from .experiment import run_experiment  # heavy imports only once the config is known to be good
 
         run_experiment(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
@@ -23,6 +23,9 @@ def main(config, demo=None, argv=None):
         for line in str(e).splitlines():
             print(f"error: {line}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print("error: interrupted; completed epochs are saved, continue with --resume", file=sys.stderr)
+        sys.exit(130)
     return 0
 
 

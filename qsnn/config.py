@@ -5,6 +5,7 @@ the default. `--help` prints each key with its default and the comment beside it
 """
 import ast
 import json
+import math
 import os
 import tokenize
 from pathlib import Path
@@ -114,9 +115,11 @@ def parse_args(defaults, argv, demo=None):
     """
     cfg = dict(defaults)
     flags = {"demo": False, "resume": False, "overwrite": False, "help": False}
-    pairs = split_argv(argv)
+    pairs = split_argv(["--help" if a == "-h" else a for a in argv])
     for name, text in pairs:
-        if name in flags and text is None:
+        if name in flags:
+            if text is not None:
+                raise UserError(f"--{name} is a flag and takes no value (got {text!r}); write just --{name}")
             flags[name] = True
     if flags["demo"]:
         if demo is None:
@@ -183,6 +186,7 @@ def _range_checks():
         ("gamma", lambda v: 0 < v <= 1, "within (0, 1]"),
         ("t_mult", lambda v: v >= 1, ">= 1"),
         ("num_workers", lambda v: v >= 0, ">= 0"),
+        ("seed", lambda v: 0 <= v < 2**63, "within 0..2**63-1"),
         ("time_chunk", lambda v: v >= 0, ">= 0 (0 = all steps at once)"),
         ("num_bits", lambda v: v is None or 1 <= v <= 16, "None (full precision) or 1..16"),
         ("grad_clip", lambda v: v is None or v > 0, "None (off) or > 0"),
@@ -191,15 +195,29 @@ def _range_checks():
     return checks
 
 
-def validate(cfg):
-    """Check every value before any data is touched; raise one UserError listing each problem on a line."""
-    problems = []
+def validate(cfg, datasets=None):
+    """Check every value before any data is touched; raise one UserError listing each problem on a line.
+
+    `datasets`, if given, are the datasets the calling run.py is made for.
+    """
+    problems = [f"--{k} {v!r} is not allowed; must be a finite number" for k, v in cfg.items()
+                if isinstance(v, float) and not math.isfinite(v)]
+    if problems:  # inf and nan would make every range check below misleading
+        raise UserError("\n".join(problems))
+    if datasets is not None and cfg.get("dataset") not in datasets:
+        problems.append(f"--dataset {cfg.get('dataset')!r} is not for this run.py; it runs "
+                        f"{' or '.join(datasets)} (use that dataset's own run.py)")
     for key, allowed in CHOICES.items():
         if key in cfg and cfg[key] not in allowed:
             problems.append(f"--{key} {cfg[key]!r} is not allowed; choose one of {', '.join(allowed)}")
     for key, test, allowed in _range_checks():
         if key in cfg and not test(cfg[key]):
             problems.append(f"--{key} {cfg[key]!r} is not allowed; must be {allowed}")
+    if cfg.get("scheduler") in ("cosine", "cosine_restarts") and 0 < cfg["lr"] < cfg.get("eta_min", 0):
+        problems.append(f"--eta_min {cfg['eta_min']!r} is not allowed; it must not exceed lr ({cfg['lr']!r})")
+    if "correct_rate" in cfg and cfg["correct_rate"] <= cfg["incorrect_rate"]:
+        problems.append(f"--correct_rate {cfg['correct_rate']!r} is not allowed; it must exceed incorrect_rate "
+                        f"({cfg['incorrect_rate']!r}), or the loss rewards the wrong class")
     if cfg.get("scheduler") == "cyclic" and cfg["base_lr"] >= cfg["lr"]:
         problems.append(f"--base_lr {cfg['base_lr']!r} is not allowed; the cyclic schedule needs base_lr < lr ({cfg['lr']!r})")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.get("tensor_data", True):

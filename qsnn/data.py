@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .config import resolve_path
-from .distributed import shard
+from .distributed import shard, world_size
 from .errors import UserError
 
 IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -183,7 +183,9 @@ class TensorBatches:
         self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
 
     def __len__(self):
-        return -(-len(self.labels) // self.batch_size)
+        full, rest = divmod(len(self.labels), self.batch_size)
+        # Under torchrun a training batch with fewer samples than ranks is skipped (see shard).
+        return full + (rest >= (world_size() if self.shuffle else 1))
 
     def __iter__(self):
         n = len(self.labels)
@@ -194,7 +196,10 @@ class TensorBatches:
             order = torch.arange(n)
         order = order.to(self.labels.device)
         for start in range(0, n, self.batch_size):
-            index = shard(order[start:start + self.batch_size])  # this rank's part under torchrun
+            batch = order[start:start + self.batch_size]
+            if self.shuffle and len(batch) < world_size():
+                continue
+            index = shard(batch, equal=self.shuffle)  # this rank's part under torchrun
             yield to_float(self.inputs[index]), self.labels[index]
         if self.shuffle:
             torch.randperm(n, generator=self.generator)
@@ -212,6 +217,10 @@ def split_validation(dataset, fraction, seed):
     """(train, val) subsets: a fixed random `fraction` of the training set held out for validation."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = int(round(fraction * len(dataset)))
+    if not 0 < n_val < len(dataset):
+        raise UserError(f"--val_split {fraction!r} leaves an empty {'validation' if n_val == 0 else 'training'} "
+                        f"set of the {len(dataset)} training samples; choose a fraction between "
+                        f"{1 / len(dataset):.2g} and {1 - 1 / len(dataset):.4g}")
     return Subset(dataset, sorted(order[n_val:])), Subset(dataset, sorted(order[:n_val]))
 
 

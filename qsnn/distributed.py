@@ -48,6 +48,15 @@ def barrier():
         dist.barrier()
 
 
+def broadcast_object(value):
+    """Rank 0's value on every rank (a picklable Python object)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def sum_over_ranks(*values, device):
     """Python numbers summed over all ranks (returned unchanged in one process)."""
     if not dist.is_initialized():
@@ -57,11 +66,18 @@ def sum_over_ranks(*values, device):
     return tuple(tensor.tolist())
 
 
-def any_rank(flag, device):
-    """True on every rank if flag is true on any rank (e.g. a stop request)."""
+def any_rank(*flags, device):
+    """For each flag, True on every rank if it is true on any rank (one collective for all of them)."""
     if not dist.is_initialized():
-        return flag
-    return sum_over_ranks(float(flag), device=device)[0] > 0
+        return tuple(bool(f) for f in flags)
+    return tuple(total > 0 for total in sum_over_ranks(*(float(f) for f in flags), device=device))
+
+
+def broadcast_buffers(model):
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank, so all evaluate one model."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def wrap(model, device, sync_batch_norm):
@@ -74,8 +90,14 @@ def wrap(model, device, sync_batch_norm):
         model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def shard(index):
-    """This rank's contiguous slice of a batch's sample indices."""
+def shard(index, equal=False):
+    """This rank's contiguous slice of a batch's sample indices.
+
+    With equal=True (training) every rank gets the same number of samples, so that averaging the ranks'
+    gradients weights every sample alike: a short last batch loses its last len % world_size samples.
+    """
     if not dist.is_initialized():
         return index
+    if equal:
+        index = index[:len(index) - len(index) % world_size()]
     return index.tensor_split(world_size())[rank()]

@@ -1,5 +1,4 @@
 """An experiment: the run folder, then num_trials seeded trials, with resume and safe stopping."""
-import shutil
 import signal
 import sys
 from contextlib import contextmanager
@@ -10,7 +9,7 @@ import torch
 from . import distributed, runlog
 from .data import make_loaders
 from .errors import UserError
-from .memory import keep_freed_memory
+from .memory import check_memory, keep_freed_memory
 from .train import NonFiniteLoss, StopRequested, run_trial
 
 # Keys that may differ when resuming: they change where and how fast, not what is computed.
@@ -51,24 +50,84 @@ def stop_on_signals():
 
 
 def prepare_run_folder(cfg, resume, overwrite):
-    """Create or reuse the run folder; returns (run_dir, cfg) with the saved config when resuming."""
-    run_dir = runlog.run_folder(cfg)
-    saved = runlog.read_run_config(run_dir)
-    # A config.json alone (e.g. a run that stopped on missing data) holds no results to protect.
-    has_results = (run_dir / "status.json").exists() or any(run_dir.glob("acc_*.csv"))
+    """Lock, then create or reuse the run folder; returns (run_dir, cfg, lock) with the saved config on resume.
+
+    Only rank 0 touches the folder; the other ranks wait and then read what it decided.
+    """
     if resume and overwrite:
         raise UserError("give either --resume or --overwrite, not both")
-    if has_results and not (resume or overwrite):
-        raise UserError(f"{run_dir} already holds results of this experiment; add --resume to continue it "
-                        "or --overwrite to delete them and start again")
-    distributed.barrier()  # every rank has checked before rank 0 changes anything
+    run_dir, lock, error = runlog.run_folder(cfg), None, None
     if distributed.is_main():
-        if overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if resume and saved is not None:
-        cfg = merge_for_resume(saved["config"], cfg)
-    return run_dir, cfg
+        try:
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            lock = runlog.lock_run_folder(run_dir)
+            set_up_folder(run_dir, cfg, resume, overwrite)
+        except UserError as e:
+            if lock is not None:
+                lock.close()
+            error = str(e)
+    error = distributed.broadcast_object(error)  # every rank stops with rank 0's message
+    if error is not None:
+        raise UserError(error)
+    distributed.barrier()  # rank 0 has decided; the folder is ready
+    saved = saved_config(run_dir) if resume else None
+    if saved is not None:
+        cfg = merge_for_resume(saved, cfg)
+        check_epochs_not_shrunk(run_dir, cfg)
+    return run_dir, cfg, lock
+
+
+def set_up_folder(run_dir, cfg, resume, overwrite):
+    """Rank 0, holding the lock: delete (--overwrite), refuse a collision, create, and clean the folder."""
+    if overwrite and run_dir.exists():
+        runlog.remove_run_folder(run_dir)
+    if resume and not run_dir.exists():
+        print(f"--resume: nothing to resume in {run_dir}; starting a new run there")
+    elif not resume and has_results(run_dir):
+        raise UserError(collision_message(run_dir, saved_config(run_dir), cfg))
+    run_dir.mkdir(exist_ok=True)
+    runlog.remove_stale_temp_files(run_dir)
+
+
+def has_results(run_dir):
+    """True if the folder holds a trial's status or logs (a config.json alone holds no results)."""
+    return (run_dir / "status.json").exists() or any(run_dir.glob("acc_*.csv")) or any(run_dir.glob("last_*.pt"))
+
+
+def saved_config(run_dir):
+    """The config a run folder was made with: config.json's, else the one inside a resume checkpoint.
+
+    A folder that holds checkpoints but neither is refused: rebuilding its network from the command
+    line could load a 4-bit checkpoint into an 8-bit network.
+    """
+    record = runlog.read_run_config(run_dir)
+    if record is not None:
+        return record["config"]
+    for path in sorted(run_dir.glob("last_*.pt")):
+        return runlog.load_checkpoint(path, ("config",))["config"]
+    if any(run_dir.glob("*.pt")):
+        raise UserError(f"{run_dir} holds checkpoints but no config.json, so its network is unknown; "
+                        "restore config.json or start again with --overwrite")
+    return None
+
+
+def collision_message(run_dir, saved, cfg):
+    """Why a new run cannot start in a folder with results, with the keys that differ and what to do."""
+    differing = [k for k in cfg if k not in RESUMABLE_KEYS and saved is not None and saved.get(k) != cfg[k]]
+    if differing:
+        what = ", ".join(f"{k}={cfg[k]!r} (saved: {saved.get(k)!r})" for k in differing)
+        return (f"{run_dir} holds results of a different experiment ({what}); choose a new folder with "
+                "--exp_name NAME, or --overwrite to delete those results")
+    return (f"{run_dir} already holds results of this experiment; add --resume to continue it "
+            "or --overwrite to delete them and start again")
+
+
+def check_epochs_not_shrunk(run_dir, cfg):
+    """Refuse an --epochs on resume below what a trial already completed (config.json would contradict its logs)."""
+    done = max((t.get("epochs_completed", 0) for t in runlog.read_status(run_dir).values()), default=0)
+    if cfg["epochs"] < done:
+        raise UserError(f"--epochs {cfg['epochs']} is below the {done} epochs a trial in {run_dir} already "
+                        f"completed; resume with --epochs {done} or more")
 
 
 def merge_for_resume(saved, requested):
@@ -90,8 +149,10 @@ def run_experiment(cfg, resume=False, overwrite=False):
     """Run every trial of cfg; returns {trial: best score} of the trials that ran to the end."""
     device = distributed.setup(resolve_device(cfg["device"]))
     keep_freed_memory()
+    lock = None
     try:
-        run_dir, cfg = prepare_run_folder(cfg, resume, overwrite)
+        check_memory(cfg, device)
+        run_dir, cfg, lock = prepare_run_folder(cfg, resume, overwrite)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if distributed.is_main():
@@ -109,13 +170,15 @@ def run_experiment(cfg, resume=False, overwrite=False):
             print_summary(cfg, results, run_dir)
         return results
     finally:
+        if lock is not None:
+            lock.close()
         distributed.teardown()
 
 
 def run_one(cfg, k, loaders, generator, run_dir, device, received, resume):
     """Run or skip trial k; returns its best score (None if it failed)."""
     status = runlog.read_status(run_dir).get(str(k), {})
-    if resume and status.get("state") in ("finished", "failed"):
+    if resume and is_done(status, cfg):
         print(f"trial {k}: already {status['state']}, skipped")
         return status.get("best_score")
     try:
@@ -128,6 +191,12 @@ def run_one(cfg, k, loaders, generator, run_dir, device, received, resume):
         print(f"trial {k} stopped: {e}; its logs and best checkpoint are kept", file=sys.stderr)
         return None
     return state.best_score
+
+
+def is_done(status, cfg):
+    """True for a failed trial, or a finished one that a larger --epochs does not extend."""
+    extendable = status.get("reason") == "max_epochs" and status.get("epochs_completed", 0) < cfg["epochs"]
+    return status.get("state") == "failed" or (status.get("state") == "finished" and not extendable)
 
 
 def print_summary(cfg, results, run_dir):

@@ -1,4 +1,4 @@
-"""Keep freed CPU memory inside the process (Linux/glibc).
+"""Memory: keep freed CPU memory inside the process (Linux/glibc), and refuse runs that cannot fit.
 
 glibc hands every allocation above 32 MB straight to mmap and gives it back on free, so each
 training iteration page-faults its large activation buffers anew. In the VMs this was measured
@@ -20,3 +20,58 @@ def keep_freed_memory():
         return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     except (OSError, AttributeError):  # not glibc (e.g. musl): leave the allocator alone
         return False
+
+
+# Float32 copies of every neuron's value per step and sample that one iteration keeps alive, measured
+# on the paper's MNIST network (fast: current, BatchNorm output, membrane, spikes, gradient buffer).
+COPIES = {"train": {"fast": 5, "reference": 10}, "eval": 3}
+
+
+def neurons_per_step(cfg):
+    """Neurons of all layers for one sample and time step, and the input values per step."""
+    from .models import ARCHITECTURES
+
+    arch = ARCHITECTURES["event" if cfg["dataset"] == "dvs128_gesture" else "image"]
+    side, total = arch["input_size"], 0
+    for channels in arch["channels"]:
+        side = (side - 5 + 1) // 2  # 5x5 conv, then 2x2 pooling
+        total += channels * side * side
+    return total + arch["num_classes"], arch["in_channels"] * arch["input_size"] ** 2
+
+
+def activation_bytes(cfg):
+    """Estimated bytes of activations for one training iteration and for one evaluation batch."""
+    neurons, inputs = neurons_per_step(cfg)
+    train_steps = cfg.get("num_steps_train", cfg.get("num_steps"))
+    test_steps = cfg.get("num_steps_test", cfg.get("num_steps"))
+    per_value = 4 * (neurons + (2 * inputs if cfg["dataset"] == "dvs128_gesture" else 0))
+    train = per_value * train_steps * cfg["batch_size"] * COPIES["train"][cfg["execution"]]
+    evaluation = per_value * test_steps * cfg["test_batch_size"] * COPIES["eval"]
+    return train, evaluation
+
+
+def available_bytes(device):
+    """Free memory of a CUDA device, or the system's MemAvailable on the CPU (None if unknown)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_memory(cfg, device):
+    """Refuse, in one line and before any data is read, a run whose activations cannot fit in memory."""
+    from .errors import UserError
+
+    train, evaluation = activation_bytes(cfg)
+    available = available_bytes(device)
+    if available is not None and max(train, evaluation) > available:
+        gib = 2**30
+        raise UserError(f"this run needs about {train / gib:.1f} GiB of activations per training iteration "
+                        f"and {evaluation / gib:.1f} GiB per evaluation batch, but {device} has "
+                        f"{available / gib:.1f} GiB available; lower num_steps, batch_size or test_batch_size")

@@ -10,9 +10,12 @@ Layout of `<output_dir>/<exp>/`:
     last_<exp>_t<k>.pt     full training state after the last completed epoch (for --resume)
 """
 import datetime
+import fcntl
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +25,10 @@ from pathlib import Path
 import torch
 
 from .config import REPO_ROOT, precision_name, resolve_path
+from .errors import UserError
+
+# mkstemp's names for atomic_path: "." + target name + "." + 8 random characters + target suffix.
+TEMP_FILE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?$")
 
 
 def experiment_name(cfg):
@@ -29,9 +36,62 @@ def experiment_name(cfg):
     return cfg["exp_name"] or f"{cfg['dataset']}_{precision_name(cfg['num_bits'])}_{cfg['scheduler']}"
 
 
+def check_folder_name(name):
+    """Refuse a run-folder name that is not one plain folder name (it could reach outside output_dir)."""
+    if name in ("", ".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise UserError(f"--exp_name {name!r} is not allowed; use a plain folder name such as my_run "
+                        "(no path separators, not starting with a dot)")
+
+
 def run_folder(cfg):
-    """The experiment's folder under output_dir."""
-    return resolve_path(cfg["output_dir"]) / experiment_name(cfg)
+    """The experiment's folder: always a direct child of output_dir."""
+    name = experiment_name(cfg)
+    check_folder_name(name)
+    return resolve_path(cfg["output_dir"]) / name
+
+
+def remove_run_folder(run_dir):
+    """Delete a run folder for --overwrite, only if this program made it (it holds a config.json)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a run folder (a link or a file); remove it yourself or choose "
+                        "another --exp_name")
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} was not made by this program (it has no config.json), so --overwrite "
+                        "leaves it alone; choose another --exp_name or remove it yourself")
+    shutil.rmtree(run_dir)
+
+
+def lock_run_folder(run_dir):
+    """Hold an exclusive lock on a run folder for this process's life; refuse if another run holds it.
+
+    The lock file sits beside the folder (so --overwrite can delete the folder while holding it) and the
+    operating system releases the lock when the process ends, however it ends.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir.parent / f".{run_dir.name}.lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(f"another run (process {owner}) is writing to {run_dir}; wait for it to end or "
+                        "choose another --exp_name") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def remove_stale_temp_files(run_dir):
+    """Delete temporary files that a killed run left half-written (only atomic_path's hidden names)."""
+    for path in Path(run_dir).glob(".*"):
+        match = TEMP_FILE.match(path.name)
+        if match and path.is_file() and (match["suffix"] or "") == Path(match["target"]).suffix:
+            path.unlink()
 
 
 def trial_files(run_dir, exp, k):
@@ -49,6 +109,7 @@ def atomic_path(target):
     """
     target = Path(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file what open() would
     os.close(fd)
     try:
         yield tmp
@@ -56,6 +117,13 @@ def atomic_path(target):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def current_umask():
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path, write):
@@ -78,9 +146,7 @@ def save_checkpoint(obj, path):
 
 def write_csv(path, header, rows):
     """Atomically write a CSV with a header; floats keep full precision (repr)."""
-    lines = [",".join(header)]
-    lines += [",".join(repr(float(v)) if isinstance(v, float) else str(v) for v in row) for row in rows]
-    write_text(path, "\n".join(lines) + "\n")
+    write_text(path, ",".join(header) + "\n" + "".join(csv_line(row) for row in rows))
 
 
 def package_versions():
@@ -122,16 +188,39 @@ def write_run_config(run_dir, cfg, device):
     write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
 
 
+def read_json_object(path):
+    """The JSON object in path, None if the file is absent; a damaged file is one UserError line."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON ({type(e).__name__}); repair or delete it, or start the "
+                        "run again with --overwrite") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object; repair or delete it, or start the run again "
+                        "with --overwrite")
+    return data
+
+
 def read_run_config(run_dir):
     """The config.json of a run folder, or None if it has none."""
     path = Path(run_dir) / "config.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    record = read_json_object(path)
+    if record is not None and not isinstance(record.get("config"), dict):
+        raise UserError(f"{path} has no \"config\" object; repair it or start again with --overwrite")
+    return record
 
 
 def read_status(run_dir):
     """{trial index (str): status dict} from status.json ({} when absent)."""
     path = Path(run_dir) / "status.json"
-    return json.loads(path.read_text())["trials"] if path.exists() else {}
+    record = read_json_object(path) or {"trials": {}}
+    trials = record.get("trials")
+    if not isinstance(trials, dict) or not all(isinstance(v, dict) for v in trials.values()):
+        raise UserError(f"{path} has no \"trials\" object; repair or delete it, or start again with --overwrite")
+    return trials
 
 
 def update_status(run_dir, k, **fields):
@@ -139,3 +228,68 @@ def update_status(run_dir, k, **fields):
     trials = read_status(run_dir)
     trials.setdefault(str(k), {}).update(fields)
     write_text(Path(run_dir) / "status.json", json.dumps({"trials": trials}, indent=2) + "\n")
+
+
+def load_checkpoint(path, required):
+    """A checkpoint read on the CPU with weights_only=True (no code can run); UserError if damaged.
+
+    Everything, RNG states included, stays on the CPU: torch.set_rng_state and Generator.set_state
+    accept only CPU ByteTensors, and load_state_dict moves model and optimizer tensors where they belong.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, pickled code: torch raises many kinds
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it to redo that "
+                        "trial, or start again with --overwrite") from None
+    missing = [key for key in required if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise UserError(f"{path} is not the kind of checkpoint expected here (it lacks {', '.join(missing)}); "
+                        "delete it to redo that trial, or start again with --overwrite")
+    return checkpoint
+
+
+class TrialLogs:
+    """A trial's CSV logs (loss and lr per iteration, one acc row per epoch), appended epoch by epoch."""
+
+    HEADERS = {"loss": ("epoch", "iteration", "loss"), "lr": ("epoch", "iteration", "lr")}
+
+    def __init__(self, files, acc_header):
+        self.headers = {**self.HEADERS, "acc": tuple(acc_header)}
+        self.paths = {kind: files[kind] for kind in self.headers}
+
+    def start(self, completed_epochs):
+        """Begin empty logs, or cut existing ones back to the epochs a resume checkpoint holds."""
+        for kind, path in self.paths.items():
+            rows = []
+            if completed_epochs and path.exists():
+                lines = path.read_text().splitlines()[1:]
+                rows = [line for line in lines if line and int(line.split(",", 1)[0]) <= completed_epochs]
+            write_text(path, "\n".join([",".join(self.headers[kind]), *rows]) + "\n")
+
+    def append_epoch(self, epoch, first_iteration, losses, lrs, acc_row):
+        """Append one epoch's rows to each file (flushed and fsynced); returns the old sizes for rollback."""
+        sizes = {kind: path.stat().st_size for kind, path in self.paths.items()}
+        rows = {"loss": [(epoch, first_iteration + i, v) for i, v in enumerate(losses)],
+                "lr": [(epoch, first_iteration + i, v) for i, v in enumerate(lrs)],
+                "acc": [(epoch, *acc_row)]}
+        try:
+            for kind, path in self.paths.items():
+                with open(path, "a") as f:
+                    f.write("".join(csv_line(row) for row in rows[kind]))
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError:
+            self.rollback(sizes)
+            raise
+        return sizes
+
+    def rollback(self, sizes):
+        """Cut the files back to the given sizes (an epoch whose checkpoint could not be saved)."""
+        for kind, size in sizes.items():
+            with open(self.paths[kind], "r+") as f:
+                f.truncate(size)
+
+
+def csv_line(row):
+    """One CSV line; floats keep full precision (repr)."""
+    return ",".join(repr(float(v)) if isinstance(v, float) else str(v) for v in row) + "\n"

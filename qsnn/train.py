@@ -15,8 +15,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, runlog
+from .errors import UserError
 from .models import build_model
 from .schedules import build_scheduler
+
+
+CHECK_EVERY = 20  # iterations between checks for NaN/inf and for a stop request shared by all ranks
 
 
 class NonFiniteLoss(Exception):
@@ -44,17 +48,26 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def seed_rank_stream(seed, epoch):
+    """Under torchrun, give each rank its own torch stream (dropout masks), also after a resume."""
+    if distributed.world_size() > 1:
+        torch.manual_seed(seed + 7919 * distributed.rank() + 104729 * epoch)
+
+
 def rng_states(generator):
-    """Every random state a resumed epoch needs to continue exactly."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every random state a resumed epoch needs to continue exactly, as plain values and CPU tensors."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (kind, keys.tolist(), position, has_gauss, cached),
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "shuffle": generator.get_state()}
 
 
 def set_rng_states(states, generator):
-    """Restore what rng_states saved."""
+    """Restore what rng_states saved (the tensors must be CPU ByteTensors, as load_checkpoint gives)."""
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -106,7 +119,7 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, cfg, device, epoch
     """Train one epoch; returns (per-iteration logged losses, per-iteration learning rates)."""
     model.train()
     num_steps = train_steps(cfg)
-    losses, lrs, shown = [], [], 0
+    losses, lrs, checked = [], [], 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=not distributed.is_main())
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -121,15 +134,35 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, cfg, device, epoch
             clamp_weights(model, cfg["weight_clip"])
         scheduler.step()
         losses.append(logged_loss(loss.detach(), num_steps))
-        if len(losses) - shown >= 20 or len(losses) == len(loader):
-            # Reading the loss waits for the device, so do it every few iterations only.
-            recent = torch.stack(losses[shown:]).tolist()
-            check_finite(recent, epoch, shown)
-            shown = len(losses)
-            bar.set_postfix(loss=f"{recent[-1]:.4f}", lr=f"{lrs[-1]:.2e}")
-        if distributed.any_rank(should_stop(), device):
+        if len(losses) - checked >= CHECK_EVERY or len(losses) == len(loader):
+            # Reading values waits for the device, and under torchrun every rank must take the same
+            # decision together: so check every few iterations only, in one collective.
+            check_health(model, losses[checked:], epoch, checked, should_stop(), device)
+            checked = len(losses)
+            bar.set_postfix(loss=f"{losses[-1].item():.4f}", lr=f"{lrs[-1]:.2e}")
+        elif distributed.world_size() == 1 and should_stop():
             raise StopRequested
     return mean_over_ranks(torch.stack(losses), device), lrs
+
+
+def check_health(model, recent_losses, epoch, offset, stop_requested, device):
+    """Raise NonFiniteLoss (NaN/inf loss or weights, on any rank) or StopRequested (a signal, on any rank)."""
+    problem = first_non_finite(torch.stack(recent_losses).tolist(), epoch, offset)
+    if problem is None and not all(torch.isfinite(p).all() for p in model.parameters()):
+        problem = f"non-finite weights after epoch {epoch}, iteration {offset + len(recent_losses)} of the epoch"
+    failed, stop = distributed.any_rank(problem is not None, stop_requested, device=device)
+    if failed:
+        raise NonFiniteLoss(problem or f"non-finite loss or weights on another rank in epoch {epoch}")
+    if stop:
+        raise StopRequested
+
+
+def first_non_finite(values, epoch, offset):
+    """A message naming the first NaN/inf loss's iteration within the epoch, or None."""
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            return f"non-finite loss ({value}) at epoch {epoch}, iteration {offset + i + 1} of the epoch"
+    return None
 
 
 def mean_over_ranks(losses, device):
@@ -140,38 +173,35 @@ def mean_over_ranks(losses, device):
     return [value / distributed.world_size() for value in reduced]
 
 
-def check_finite(values, epoch, offset):
-    """Raise NonFiniteLoss naming the first NaN/inf value's iteration within the epoch."""
-    for i, value in enumerate(values):
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"non-finite loss ({value}) at epoch {epoch}, iteration {offset + i + 1} of the epoch")
-
-
 @dataclass
 class TrialState:
-    """Progress of one trial: what the logs hold and what early stopping needs."""
+    """Progress of one trial: where its logs end and what early stopping needs."""
     epoch: int = 0
     iteration: int = 0
     best_score: float = -1.0
     best_epoch: int = 0
-    loss_rows: list = field(default_factory=list)
-    lr_rows: list = field(default_factory=list)
-    acc_rows: list = field(default_factory=list)
 
-    def add_epoch(self, losses, lrs, accuracy_row):
-        """Append one finished epoch's rows."""
-        self.epoch += 1
-        first = self.iteration + 1
-        self.loss_rows += [(self.epoch, first + i, v) for i, v in enumerate(losses)]
-        self.lr_rows += [(self.epoch, first + i, v) for i, v in enumerate(lrs)]
-        self.iteration += len(losses)
-        self.acc_rows.append((self.epoch, *accuracy_row))
 
-    def write_logs(self, files, acc_header):
-        """Rewrite the three CSV logs (atomically)."""
-        runlog.write_csv(files["loss"], ("epoch", "iteration", "loss"), self.loss_rows)
-        runlog.write_csv(files["lr"], ("epoch", "iteration", "lr"), self.lr_rows)
-        runlog.write_csv(files["acc"], acc_header, self.acc_rows)
+@dataclass
+class Trial:
+    """Everything one trial trains and writes: the network, its optimisation, its files and progress."""
+    cfg: dict
+    k: int
+    model: torch.nn.Module
+    network: torch.nn.Module  # the model, wrapped for DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loss_fn: object
+    files: dict
+    logs: runlog.TrialLogs
+    run_dir: object
+    state: TrialState = field(default_factory=TrialState)
+    write: bool = field(default_factory=distributed.is_main)
+
+    def running(self):
+        """True while the epoch budget and the early-stopping patience allow another epoch."""
+        s = self.state
+        return s.epoch < self.cfg["epochs"] and s.epoch - s.best_epoch < self.cfg["patience"]
 
 
 def build_training(cfg, device):
@@ -183,93 +213,124 @@ def build_training(cfg, device):
     return model, optimizer, scheduler, loss_fn
 
 
+def start_trial(cfg, k, run_dir, device, generator, use_val, resume):
+    """Seed trial k (seed + k), build its training, and restore its last epoch when resuming."""
+    seed_everything(cfg["seed"] + k)
+    generator.manual_seed(cfg["seed"] + k)
+    model, optimizer, scheduler, loss_fn = build_training(cfg, device)
+    network = distributed.wrap(model, device, cfg.get("sync_batch_norm", False))
+    files = runlog.trial_files(run_dir, runlog.experiment_name(cfg), k)
+    acc_header = ("epoch", "test_acc", *(("val_acc",) if use_val else ()), "train_loss", "train_time")
+    trial = Trial(cfg, k, model, network, optimizer, scheduler, loss_fn, files,
+                  runlog.TrialLogs(files, acc_header), run_dir)
+    if resume and files["last"].exists():
+        trial.state = load_last(trial, generator)
+        print(f"trial {k}: resuming after epoch {trial.state.epoch} "
+              f"(best {trial.state.best_score:.2f}% at epoch {trial.state.best_epoch})")
+    seed_rank_stream(cfg["seed"] + k, trial.state.epoch)
+    if trial.write:
+        trial.logs.start(trial.state.epoch)
+        runlog.update_status(run_dir, k, state="running", epochs_completed=trial.state.epoch)
+    return trial
+
+
 def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=False, on_epoch=None):
     """Train trial k (seeded with seed + k) with early stopping; returns its TrialState.
 
     `generator` is the one the training loader shuffles with; it is re-seeded for the trial.
     `on_epoch(epoch, score)`, if given, is called after each saved epoch (e.g. to prune a search).
     """
-    exp = runlog.experiment_name(cfg)
-    files = runlog.trial_files(run_dir, exp, k)
-    seed_everything(cfg["seed"] + k)
-    generator.manual_seed(cfg["seed"] + k)
-    model, optimizer, scheduler, loss_fn = build_training(cfg, device)
-    network = distributed.wrap(model, device, cfg.get("sync_batch_norm", False))
-    if distributed.world_size() > 1:
-        torch.manual_seed(cfg["seed"] + k + 7919 * distributed.rank())  # own dropout masks per rank
-    state = TrialState()
-    if resume and files["last"].exists():
-        state = load_last(files["last"], model, optimizer, scheduler, generator, device)
-        print(f"trial {k}: resuming after epoch {state.epoch} (best {state.best_score:.2f}% at epoch {state.best_epoch})")
-    use_val = "val" in loaders
-    acc_header = ("epoch", "test_acc", *(("val_acc",) if use_val else ()), "train_loss", "train_time")
-    write = distributed.is_main()
-    if write:
-        runlog.update_status(run_dir, k, state="running", epochs_completed=state.epoch)
-    with recording_outcome(run_dir, k, write):
-        while state.epoch < cfg["epochs"] and state.epoch - state.best_epoch < cfg["patience"]:
-            epoch = state.epoch + 1
+    trial = start_trial(cfg, k, run_dir, device, generator, "val" in loaders, resume)
+    with recording_outcome(trial):
+        while trial.running():
+            epoch = trial.state.epoch + 1
             start = time.perf_counter()
-            losses, lrs = train_epoch(network, loaders["train"], optimizer, scheduler, loss_fn, cfg, device,
-                                      epoch, should_stop)
+            losses, lrs = train_epoch(trial.network, loaders["train"], trial.optimizer, trial.scheduler,
+                                      trial.loss_fn, cfg, device, epoch, should_stop)
             train_time = time.perf_counter() - start
-            test_acc = evaluate(model, loaders["test"], test_steps(cfg), device)
-            val_acc = evaluate(model, loaders["val"], test_steps(cfg), device) if use_val else None
-            score = val_acc if use_val else test_acc
-            row = (test_acc, *((val_acc,) if use_val else ()), float(np.mean(losses)), round(train_time, 3))
-            state.add_epoch(losses, lrs, row)
-            improved = score > state.best_score
-            if improved:
-                state.best_score, state.best_epoch = score, epoch
-            if write:
-                if improved:
-                    runlog.save_checkpoint({"model": model.state_dict(), "epoch": epoch, "test_acc": test_acc,
-                                            "val_acc": val_acc, "config": cfg}, files["best"])
-                save_epoch(state, files, acc_header, model, optimizer, scheduler, generator)
-                runlog.update_status(run_dir, k, state="running", epochs_completed=epoch,
-                                     best_score=state.best_score, best_epoch=state.best_epoch)
-                tqdm.write(epoch_summary(cfg, k, epoch, state, np.mean(losses), test_acc, val_acc, lrs[-1],
-                                         train_time))
+            distributed.broadcast_buffers(trial.model)  # every rank evaluates the model that is saved
+            test_acc = evaluate(trial.model, loaders["test"], test_steps(cfg), device)
+            val_acc = evaluate(trial.model, loaders["val"], test_steps(cfg), device) if "val" in loaders else None
+            save_epoch(trial, losses, lrs, test_acc, val_acc, train_time, generator)
             if on_epoch is not None:
-                on_epoch(epoch, score)
-    if write:
-        reason = "early_stopping" if state.epoch < cfg["epochs"] else "max_epochs"
-        runlog.update_status(run_dir, k, state="finished", reason=reason, epochs_completed=state.epoch,
-                             best_score=state.best_score, best_epoch=state.best_epoch)
-    return state
+                on_epoch(epoch, test_acc if val_acc is None else val_acc)
+    if trial.write:
+        reason = "early_stopping" if trial.state.epoch < cfg["epochs"] else "max_epochs"
+        runlog.update_status(run_dir, k, state="finished", reason=reason, epochs_completed=trial.state.epoch,
+                             best_score=trial.state.best_score, best_epoch=trial.state.best_epoch)
+    return trial.state
 
 
 @contextmanager
-def recording_outcome(run_dir, k, write):
-    """Record in status.json why trial k stopped early (signal or non-finite loss), then re-raise."""
+def recording_outcome(trial):
+    """Record in status.json why a trial stopped early (signal, non-finite loss, any error), then re-raise."""
     try:
         yield
-    except StopRequested:
-        if write:
-            runlog.update_status(run_dir, k, state="interrupted", reason="stopped by a signal")
+    except BaseException as e:
+        if trial.write:
+            # Only a diverged trial is final; after a signal or an error (disk full...) --resume continues it.
+            signalled = isinstance(e, (StopRequested, KeyboardInterrupt))
+            reason = "stopped by a signal" if signalled else (str(e) or type(e).__name__)
+            try:
+                runlog.update_status(trial.run_dir, trial.k, reason=reason,
+                                     state="failed" if isinstance(e, NonFiniteLoss) else "interrupted")
+            except (OSError, UserError):
+                pass  # e.g. the disk is full: status.json keeps its last consistent state
         raise
-    except NonFiniteLoss as e:
-        if write:
-            runlog.update_status(run_dir, k, state="failed", reason=str(e))
-        raise
 
 
-def save_epoch(state, files, acc_header, model, optimizer, scheduler, generator):
-    """Rewrite the logs, then the resume checkpoint (logs first: a crash between keeps both usable)."""
-    state.write_logs(files, acc_header)
-    runlog.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "state": asdict(state),
-                            "rng": rng_states(generator)}, files["last"])
+def save_epoch(trial, losses, lrs, test_acc, val_acc, train_time, generator):
+    """Log a finished epoch, then checkpoint it, then mark it in status.json (rank 0 only).
+
+    If the checkpoints cannot be written (disk full), the epoch's log rows are taken back, so that the
+    logs, the resume checkpoint and status.json all still end at the previous epoch.
+    """
+    s, epoch = trial.state, trial.state.epoch + 1
+    score = test_acc if val_acc is None else val_acc
+    improved = score > s.best_score
+    row = (test_acc, *(() if val_acc is None else (val_acc,)), float(np.mean(losses)), round(train_time, 3))
+    previous = TrialState(**asdict(s))
+    s.epoch, s.iteration = epoch, s.iteration + len(losses)
+    if improved:
+        s.best_score, s.best_epoch = score, epoch
+    if not trial.write:
+        return
+    sizes = trial.logs.append_epoch(epoch, previous.iteration + 1, losses, lrs, row)
+    try:
+        if improved:
+            runlog.save_checkpoint(best_checkpoint(trial, epoch, test_acc, val_acc), trial.files["best"])
+        runlog.save_checkpoint({"model": trial.model.state_dict(), "optimizer": trial.optimizer.state_dict(),
+                                "scheduler": trial.scheduler.state_dict(), "state": asdict(s),
+                                "rng": rng_states(generator), "config": trial.cfg}, trial.files["last"])
+        runlog.update_status(trial.run_dir, trial.k, state="running", epochs_completed=epoch,
+                             best_score=s.best_score, best_epoch=s.best_epoch)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        trial.logs.rollback(sizes)
+        trial.state = previous
+        raise UserError(f"could not save epoch {epoch} in {trial.run_dir} ({e}); free some space and "
+                        "continue with --resume (the files end at the previous epoch)") from None
+    tqdm.write(epoch_summary(trial.cfg, trial.k, epoch, s, row[-2], test_acc, val_acc, lrs[-1], train_time))
 
 
-def load_last(path, model, optimizer, scheduler, generator, device):
+def best_checkpoint(trial, epoch, test_acc, val_acc):
+    """The best model of a trial: tensors and plain values only, loadable with weights_only=True."""
+    return {"model": trial.model.state_dict(), "epoch": epoch, "test_acc": test_acc, "val_acc": val_acc,
+            "config": trial.cfg}
+
+
+def load_last(trial, generator):
     """Restore a trial from its resume checkpoint; returns its TrialState."""
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    set_rng_states(checkpoint["rng"], generator)
-    return TrialState(**checkpoint["state"])
+    checkpoint = runlog.load_checkpoint(trial.files["last"], ("model", "optimizer", "scheduler", "state", "rng"))
+    try:
+        trial.model.load_state_dict(checkpoint["model"])
+        trial.optimizer.load_state_dict(checkpoint["optimizer"])
+        trial.scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_states(checkpoint["rng"], generator)
+        state = TrialState(**{k: checkpoint["state"][k] for k in asdict(TrialState())})
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{trial.files['last']} does not fit this experiment's network or format "
+                        f"({type(e).__name__}); delete it to redo that trial, or use --overwrite") from None
+    return state
 
 
 def epoch_summary(cfg, k, epoch, state, loss, test_acc, val_acc, lr, seconds):
