@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from qsnn import main  # noqa: E402
 
 config = {
-    "dataset": "fashion_mnist",  # mnist | fashion_mnist | digits (scikit-learn, offline) | dvs128_gesture
+    "dataset": "fashion_mnist",  # fashion_mnist (the only dataset this run.py is for)
     "exp_name": "",  # run folder name; empty = <dataset>_<fp32|Nbit>_<scheduler>
     "output_dir": "runs",  # where run folders go (relative paths: from the repository root)
     "data_dir": "data",  # where datasets are downloaded/read (relative: from the repository root)
@@ -48,8 +48,8 @@ config = {
     "val_split": 0.0,  # fraction of training data held out to select the model (0 = paper: test)
     # execution
     "device": "auto",  # auto (CUDA if available) | cpu | cuda | cuda:N
-    "execution": "fast",  # fast (exact, layer-by-layer over time) | reference (paper's per-step loop)
-    "time_chunk": 0,  # fast: time steps per conv call; 0 = all at once (fastest on CPU and GPU)
+    "execution": "fast",  # fast (layer by layer over time; same maths, tested equal) | reference (per-step loop)
+    "time_chunk": 0,  # fast: time steps per conv call; 0 = all at once (fastest measured on CPU)
     "tensor_data": True,  # batch from tensors on the device (fast); False = torchvision DataLoader
     "num_workers": 0,  # DataLoader worker processes (only with tensor_data False)
     "sync_batch_norm": False,  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)

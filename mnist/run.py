@@ -1,7 +1,7 @@
 """MNIST: the paper's QSNN (4-bit weights, periodic cosine LR). Edit the dict or override any key:
 
     python mnist/run.py --num_bits 8 --scheduler cyclic --num_trials 1
-    python mnist/run.py --demo        # offline, ~2 minutes on a laptop CPU
+    python mnist/run.py --demo        # offline: about 45 s of training on 2 CPU cores
     python mnist/run.py --help        # every key with its default
 """
 import sys
@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from qsnn import main  # noqa: E402
 
 config = {
-    "dataset": "mnist",  # mnist | fashion_mnist | digits (scikit-learn, offline) | dvs128_gesture
+    "dataset": "mnist",  # mnist | digits (scikit-learn's 8x8 digits, offline; the --demo preset)
     "exp_name": "",  # run folder name; empty = <dataset>_<fp32|Nbit>_<scheduler>
     "output_dir": "runs",  # where run folders go (relative paths: from the repository root)
     "data_dir": "data",  # where datasets are downloaded/read (relative: from the repository root)
@@ -49,8 +49,8 @@ config = {
     "val_split": 0.0,  # fraction of training data held out to select the model (0 = paper: test)
     # execution
     "device": "auto",  # auto (CUDA if available) | cpu | cuda | cuda:N
-    "execution": "fast",  # fast (exact, layer-by-layer over time) | reference (paper's per-step loop)
-    "time_chunk": 0,  # fast: time steps per conv call; 0 = all at once (fastest on CPU and GPU)
+    "execution": "fast",  # fast (layer by layer over time; same maths, tested equal) | reference (per-step loop)
+    "time_chunk": 0,  # fast: time steps per conv call; 0 = all at once (fastest measured on CPU)
     "tensor_data": True,  # batch from tensors on the device (fast); False = torchvision DataLoader
     "num_workers": 0,  # DataLoader worker processes (only with tensor_data False)
     "sync_batch_norm": False,  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)

@@ -58,6 +58,7 @@ def test_per_sample_dataloader_option_gives_the_same_batches(mnist_dir):
         loaders = make_loaders({**cfg, "tensor_data": tensor_data}, torch.device("cpu"),
                                torch.Generator().manual_seed(5))
         batches[tensor_data] = list(loaders["train"])
+    assert len(batches[True]) == len(batches[False]) == 4
     for (xa, ya), (xb, yb) in zip(batches[True], batches[False]):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
