@@ -146,7 +146,7 @@ def save_figure(fig, out_dir: str | Path, stem: str) -> list[Path]:
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, dpi=120)
     except OSError as exc:
-        raise UserError(f"cannot write figures to {out_dir}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot write figures to {out_dir}: {results.os_reason(exc)}") from None
     return paths
 
 

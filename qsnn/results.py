@@ -345,8 +345,13 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False, float_format="%.10g")
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot write {path}: {os_reason(exc)}") from None
     return path
+
+
+def os_reason(exc: OSError) -> str:
+    """Why a write failed, in a few words (mkdir's "File exists" names a file in the way)."""
+    return f"{exc.filename} is a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
 
 
 def _pm(mean: float, std: float) -> str:
