@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -25,10 +26,14 @@ import pandas as pd  # noqa: E402
 
 from qsnn import results  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
-from qsnn.results import Run, TrialLog, _warn, collect_logs, summarise  # noqa: E402
+from qsnn.results import ResultsWarning, Run, TrialLog, collect_logs  # noqa: E402
 
 DEFAULT_WINDOW = 50
 MAX_POINTS = 2000  # curves are thinned to about this many points: invisible at figure size, small files
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ResultsWarning, stacklevel=3)
 
 
 def select_datasets(runs: list[Run], datasets: Iterable[str] | None) -> list[Run]:
@@ -43,8 +48,6 @@ def select_datasets(runs: list[Run], datasets: Iterable[str] | None) -> list[Run
     if not (kept := [run for run in runs if run.dataset in datasets]):
         raise UserError(f"no run of dataset(s) {', '.join(datasets)}")
     return kept
-
-
 
 
 def trial_mean_std(curves: list[pd.Series]) -> pd.DataFrame:
@@ -128,7 +131,7 @@ def make_figures(runs: list[Run], window: int = DEFAULT_WINDOW, lr: bool = False
     acc_logs = collect_logs(runs, "acc")
     figures = {"loss_curves": plot_loss_curves(runs, window, lr), "test_accuracy": plot_test_accuracy(acc_logs)}
     if memory and acc_logs:
-        figures["accuracy_vs_memory"] = plot_accuracy_vs_memory(summarise(acc_logs))
+        figures["accuracy_vs_memory"] = plot_accuracy_vs_memory(results.accuracy_table(runs, acc_logs))
     if not (figures := {name: fig for name, fig in figures.items() if fig is not None}):
         raise UserError("no readable loss or acc log in any experiment folder; nothing to plot")
     return figures

@@ -1,4 +1,4 @@
-"""Find QSNN run folders, read their CSV logs robustly, tabulate test accuracy and draw figures.
+"""Find QSNN run folders, read their CSV logs robustly and tabulate test accuracy (figures: plot_results.py).
 
 A run folder holds a config.json with the keys "dataset" and "config"; trial k logs to
 {acc,loss,lr,eff}_<exp>_t<k>.csv. A table row is an experiment: the config without RUN_TIME_KEYS, so
@@ -48,8 +48,6 @@ LOG_COLUMNS = {"acc": ("epoch", "test_acc"), "loss": ("iteration", "loss"), "lr"
                "eff": ("epoch",)}
 OPTIONAL_COLUMNS = {"acc": ("val_acc",), "eff": EFF_COLUMNS}
 ACC_COLUMNS = ["test_acc", "val_acc"]  # percentages: a value outside 0..100 is damage
-DEFAULT_WINDOW = 50
-MAX_POINTS = 2000  # curves are thinned to about this many points: invisible at figure size, small files
 
 
 def _join(values: pd.Series) -> str:
@@ -68,6 +66,7 @@ AGGREGATES = dict(
 )
 TABLE_COLUMNS = tuple(AGGREGATES)
 
+
 class ResultsWarning(UserWarning):
     """A run file that was skipped or only partly read, or a trial whose data is incomplete."""
 
@@ -85,10 +84,6 @@ class Run:
     trials: tuple[int, ...]
     setting: str = ""  # what tells this experiment apart from others with the same label
 
-    @property
-    def label(self) -> tuple[str, str, str]:
-        return (self.dataset, self.precision, self.scheduler)
-
     def log_path(self, kind: str, trial: int) -> Path:
         return self.folder / f"{kind}_{self.name}_t{trial}.csv"
 
@@ -99,10 +94,6 @@ class TrialLog(NamedTuple):
     run: Run
     trial: int
     data: pd.DataFrame
-
-    @property
-    def label(self) -> str:
-        return f"{self.run.name}/t{self.trial}"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -116,10 +107,6 @@ def _warn(message: str) -> None:
     warnings.warn(message, ResultsWarning, stacklevel=3)
 
 
-def _skip(path: Path, reason: str) -> None:
-    _warn(f"skipping {path}: {reason}")
-
-
 @contextmanager
 def warnings_to_stderr() -> Iterator[None]:
     """Print each warning raised inside the block as one `warning: ...` line on stderr, repeats included."""
@@ -129,40 +116,31 @@ def warnings_to_stderr() -> Iterator[None]:
         yield
 
 
-# ---------------------------------------------------------------- finding runs
-
-
 def find_runs(root: str | Path, include_tuning: bool = False) -> list[Run]:
     """Every run folder under root in sorted walk order, tune.py trials only if asked; UserError if none."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a folder")
     runs, tuning = [], 0
-    for folder in _folders_with_config(root):
-        if (meta := _read_meta(folder / "config.json")) is None:
+    for folder, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS)
+        if "config.json" not in files or (meta := _read_meta(Path(folder) / "config.json")) is None:
             continue
-        if not include_tuning and is_tuning(folder.relative_to(root), meta):
+        if not include_tuning and is_tuning(Path(folder).relative_to(root), meta):
             tuning += 1
-            continue
-        runs.append(read_run(folder, meta))
+        else:
+            runs.append(read_run(Path(folder), meta))
     if not runs:
         hint = f" ({tuning} tune.py trial folder(s) skipped; add --include-tuning)" if tuning else ""
         raise UserError(f"no experiment folders (config.json with 'dataset' and 'config') under {root}{hint}")
     return with_settings(runs)
 
 
-def _folders_with_config(root: Path) -> Iterator[Path]:
-    for folder, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS)
-        if "config.json" in files:
-            yield Path(folder)
-
-
 def _read_meta(path: Path) -> dict | None:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return _skip(path, f"not readable JSON ({exc})")
+    except (OSError, ValueError) as exc:  # ValueError: bad UTF-8 or JSON
+        return _warn(f"skipping {path}: not readable JSON ({exc})")
     is_run = isinstance(meta, dict) and "dataset" in meta and isinstance(meta.get("config"), dict)
     return meta if is_run else None
 
@@ -185,22 +163,18 @@ def read_run(folder: Path, meta: dict) -> Run:
             _warn(f"{folder}: trial t{trial} is {state}{reason}; its data so far is included")
     used = SCHEDULE_KEYS.get(config.get("scheduler"), ALL_SCHEDULE_KEYS)
     key = {k: v for k, v in config.items() if k not in RUN_TIME_KEYS and (k in used or k not in ALL_SCHEDULE_KEYS)}
-    precision = precision_label(meta)
-    key.update(dataset=str(meta["dataset"]), precision=precision)
-    return Run(folder, name, str(meta["dataset"]), precision, str(config.get("scheduler", "unknown")),
+    key.update(dataset=str(meta["dataset"]), precision=precision_label(meta))
+    return Run(folder, name, key["dataset"], key["precision"], str(config.get("scheduler", "unknown")),
                json.dumps(key, sort_keys=True, default=str), _trial_indices(folder, name, config, status))
 
 
 def precision_label(meta: dict) -> str:
     """config.json's "precision", else "fp32" for config.num_bits null and "<N>bit" for N."""
-    if isinstance(meta.get("precision"), str) and meta["precision"]:
-        return meta["precision"]
-    return precision_name(meta["config"].get("num_bits"))
+    return meta.get("precision") or precision_name(meta["config"].get("num_bits"))
 
 
 def _trial_indices(folder: Path, name: str, config: dict, status: dict[int, dict]) -> tuple[int, ...]:
-    # Trials are what the files and status.json show; the trials the config announces beyond those
-    # are summarised in one line (num_trials may be huge, so they are counted, never listed).
+    # Trials with files or a status entry; further announced ones are counted, never listed (num_trials may be huge).
     pattern = re.compile(rf"(?:acc|loss|lr)_{re.escape(name)}_t(\d+)\.csv")
     found = {int(m[1]) for f in folder.iterdir() if (m := pattern.fullmatch(f.name))} | set(status)
     announced = config.get("num_trials")
@@ -213,27 +187,22 @@ def _trial_indices(folder: Path, name: str, config: dict, status: dict[int, dict
 
 def _read_status(folder: Path) -> dict[int, dict]:
     path = folder / "status.json"
-    if not path.exists():
+    try:  # written atomically by qsnn.runlog: whole or absent
+        return {int(k): v for k, v in json.loads(path.read_text(encoding="utf-8"))["trials"].items()}
+    except FileNotFoundError:
         return {}
-    try:
-        trials = json.loads(path.read_text(encoding="utf-8"))["trials"]
-        return {int(k): v for k, v in trials.items() if isinstance(v, dict)}
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return _skip(path, f"not a readable status file ({exc!r})") or {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return _warn(f"skipping {path}: not a readable status file ({exc!r})") or {}
 
 
 def with_settings(runs: list[Run]) -> list[Run]:
     """Set each run's setting: the experiment keys whose values differ among runs sharing its label."""
-    configs = defaultdict(dict)
-    for run in runs:
-        configs[run.label][run.experiment] = json.loads(run.experiment)
-
-    def setting(run: Run) -> str:
-        rivals = configs[run.label].values()
-        keys = sorted({k for c in rivals for k in c if len({json.dumps(r.get(k)) for r in rivals}) > 1})
-        return ", ".join(f"{k}={configs[run.label][run.experiment].get(k)}" for k in keys)
-
-    return [replace(run, setting=setting(run)) for run in runs]
+    configs = pd.DataFrame([json.loads(run.experiment) for run in runs]).map(json.dumps)  # absent key: "NaN"
+    labels = pd.Series([(run.dataset, run.precision, run.scheduler) for run in runs])
+    differs = configs.groupby(labels).transform("nunique") > 1
+    return [replace(run, setting=", ".join(f"{k}={json.loads(run.experiment).get(k)}"
+                                           for k in sorted(configs.columns[row])))
+            for run, row in zip(runs, differs.to_numpy())]
 
 
 def row_order(run: Run) -> tuple:
@@ -244,34 +213,31 @@ def row_order(run: Run) -> tuple:
     return (run.dataset, rank, run.scheduler, natural)
 
 
-# ---------------------------------------------------------------- reading logs
-
-
 def read_log(path: Path, kind: str, missing_ok: bool = False) -> pd.DataFrame | None:
     """Complete, finite rows of one CSV log sorted by step; warn and return None if there are none."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        return None if missing_ok else _skip(path, "file is missing")
+        return None if missing_ok else _warn(f"skipping {path}: file is missing")
     except OSError as exc:
-        return _skip(path, f"cannot read it ({exc.strerror})")
+        return _warn(f"skipping {path}: cannot read it ({exc.strerror})")
     body, _, cut = text.rpartition("\n")
     if body and cut:  # the trainer writes whole lines: text after the last newline was cut mid-write
         _warn(f"{path}: dropped its incomplete last line {cut!r}")
         text = body
     if not (lines := text.splitlines()):
-        return _skip(path, "file is empty")
+        return _warn(f"skipping {path}: file is empty")
     # pandas would silently cut a row with extra fields (or take them as an index).
     if wide := [line for line in lines[1:] if line.count(",") > lines[0].count(",")]:
         _warn(f"{path}: dropped {len(wide)} row(s) with more fields than the header")
     try:
         frame = pd.read_csv(io.StringIO("\n".join(line for line in lines if line not in wide)))
     except (pd.errors.ParserError, ValueError) as exc:
-        return _skip(path, f"not a readable CSV ({exc})")
+        return _warn(f"skipping {path}: not a readable CSV ({exc})")
     if missing := [c for c in LOG_COLUMNS[kind] if c not in frame.columns]:
-        return _skip(path, f"header lacks column(s) {', '.join(missing)}")
+        return _warn(f"skipping {path}: header lacks column(s) {', '.join(missing)}")
     if frame.empty:
-        return _skip(path, "header only, no data rows")
+        return _warn(f"skipping {path}: header only, no data rows")
     columns = [*LOG_COLUMNS[kind], *(c for c in OPTIONAL_COLUMNS.get(kind, ()) if c in frame.columns)]
     return _valid_rows(frame[columns].apply(pd.to_numeric, errors="coerce"), path)
 
@@ -283,7 +249,7 @@ def _valid_rows(numeric: pd.DataFrame, path: Path) -> pd.DataFrame | None:
         accuracy = " or an accuracy outside 0..100" if len(accs.columns) else ""
         _warn(f"{path}: dropped {dropped} row(s) with missing or non-numeric values{accuracy}")
     if not valid.any():
-        return _skip(path, "no complete numeric row")
+        return _warn(f"skipping {path}: no complete numeric row")
     step = numeric.columns[0]
     numeric = numeric[valid].astype({step: int})
     # A step logged twice (a resumed trial) counts with its later row.
@@ -300,16 +266,9 @@ def collect_logs(runs: Iterable[Run], kind: str) -> dict[str, list[TrialLog]]:
     return dict(groups)
 
 
-# ---------------------------------------------------------------- accuracy table
-
-
-def accuracy_table(runs: Iterable[Run]) -> pd.DataFrame:
-    """One row per experiment with the columns in TABLE_COLUMNS_DOC."""
-    return summarise(collect_logs(runs, "acc"))
-
-
-def summarise(acc_logs: dict[str, list[TrialLog]]) -> pd.DataFrame:
-    """The accuracy table of already read acc logs (see collect_logs)."""
+def accuracy_table(runs: Iterable[Run], acc_logs: dict[str, list[TrialLog]] | None = None) -> pd.DataFrame:
+    """One row per experiment (columns: extract_test_set_accuracy.py --help); acc_logs: the runs' if read already."""
+    acc_logs = collect_logs(runs, "acc") if acc_logs is None else acc_logs
     if not acc_logs:
         raise UserError("no readable acc_<exp>_t<k>.csv log in any experiment folder")
     trials = pd.DataFrame([trial_summary(log) for logs in acc_logs.values() for log in logs])
@@ -323,14 +282,11 @@ def trial_summary(log: TrialLog) -> dict:
     eff = read_log(run.log_path("eff", log.trial), "eff", missing_ok=True)
     at_best = eff[eff["epoch"] == best["epoch"]].head(1) if eff is not None else pd.DataFrame()
     return {"experiment": run.experiment, "dataset": run.dataset, "precision": run.precision,
-            "scheduler": run.scheduler, "setting": run.setting, "trial": log.label, "epochs": len(acc),
-            "best": best["test_acc"], "val_selected": val_selected_test_acc(acc),
+            "scheduler": run.scheduler, "setting": run.setting, "trial": f"{run.name}/t{log.trial}", "epochs": len(acc),
+            "best": best["test_acc"],
+            # test_acc at the first epoch of highest val_acc: the model a validation split would select
+            "val_selected": acc.loc[acc["val_acc"].idxmax(), "test_acc"] if "val_acc" in acc else math.nan,
             **{c: at_best[c].iloc[0] if c in at_best.columns and len(at_best) else math.nan for c in EFF_COLUMNS}}
-
-
-def val_selected_test_acc(acc: pd.DataFrame) -> float:
-    """test_acc at the first epoch with the highest val_acc; NaN without a val_acc column."""
-    return float(acc.loc[acc["val_acc"].idxmax(), "test_acc"]) if "val_acc" in acc.columns else math.nan
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
@@ -354,31 +310,31 @@ def os_reason(exc: OSError) -> str:
     return f"{exc.filename} is a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.2f} ± " + ("n/a" if pd.isna(std) else f"{std:.2f}")
+def _fmt(values: Iterable[float], spec: str) -> list[str]:
+    return ["" if pd.isna(v) else format(v, spec) for v in values]
+
+
+def _pm(means: pd.Series, stds: pd.Series) -> list[str]:
+    return [f"{m:.2f} ± " + ("n/a" if pd.isna(s) else f"{s:.2f}") for m, s in zip(means, stds)]
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """The table as markdown, two-decimal percentages; setting and efficiency columns only when filled."""
     t = table
-    val = [_pm(m, s) + (f" (n={n})" if n < total else "") if n else ""
-           for m, s, n, total in zip(t.val_selected_test_acc_mean, t.val_selected_test_acc_std, t.n_val_trials,
-                                     t.n_trials)]
+    val = [pm + (f" (n={n})" if n < total else "") if n else "" for pm, n, total in
+           zip(_pm(t.val_selected_test_acc_mean, t.val_selected_test_acc_std), t.n_val_trials, t.n_trials)]
+    rates = pd.DataFrame({c: _fmt(t[c], ".3f") for c in ("rate_conv1", "rate_conv2", "rate_fc")})
     cells = pd.DataFrame({
         "dataset": t.dataset, "precision": t.precision, "scheduler": t.scheduler, "setting": t.setting,
         "trials": t.n_trials.astype(str),
         "epochs": [f"{a}" if a == b else f"{a}-{b}" for a, b in zip(t.epochs_min, t.epochs_max)],
-        "best test acc per trial (%)": [", ".join(f"{float(v):.2f}" for v in s.split(";"))
+        "best test acc per trial (%)": [", ".join(_fmt(map(float, s.split(";")), ".2f"))
                                         for s in t.best_test_acc_per_trial],
-        "max (%)": t.test_acc_max.map("{:.2f}".format),
-        "mean ± std (%)": [_pm(m, s) for m, s in zip(t.test_acc_mean, t.test_acc_std)],
+        "max (%)": _fmt(t.test_acc_max, ".2f"), "mean ± std (%)": _pm(t.test_acc_mean, t.test_acc_std),
         "test acc at best val epoch, mean ± std (%)": val,
-        "spike rate conv1 / conv2 / fc": ["" if pd.isna(rates).any() else " / ".join(f"{r:.3f}" for r in rates)
-                                          for rates in t[["rate_conv1", "rate_conv2", "rate_fc"]].to_numpy()],
-        "SynOps / sample": ["" if pd.isna(v) else f"{v:,.0f}" for v in t.synops],
-        "weights (KiB)": ["" if pd.isna(v) else f"{v:.1f}" for v in t.weight_kib],
+        "spike rate conv1 / conv2 / fc": rates.agg(" / ".join, axis=1).where((rates != "").all(axis=1), ""),
+        "SynOps / sample": _fmt(t.synops, ",.0f"), "weights (KiB)": _fmt(t.weight_kib, ".1f"),
     })
     cells = cells.loc[:, (cells != "").any() | ~cells.columns.isin(["setting", *cells.columns[-3:]])]
     lines = ["| " + " | ".join(cells.columns) + " |", "|" + "---|" * len(cells.columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)])
-
