@@ -70,7 +70,7 @@ def plot_loss_curves(runs: list[Run], window: int = DEFAULT_WINDOW, lr: bool = F
     if not groups:
         return _warn("no readable loss log; loss curves not drawn")
     lr_groups = collect_logs(runs, "lr") if lr else {}
-    ylabel = f"training loss (exponential moving average, span {window} iterations)"
+    ylabel = f"training loss (exponential moving avg., span {window})"
     fig, panels = _panels(_datasets(groups), "iteration", ylabel)
     colors = _colors(groups)
     twins = {}
@@ -108,21 +108,24 @@ def plot_test_accuracy(acc_logs: dict[str, list[TrialLog]]):
 
 
 def plot_accuracy_vs_memory(table: pd.DataFrame):
-    """Mean best test accuracy (error bar: std over trials) against weight KiB, a labelled point per row."""
+    """Mean best test accuracy (error bar: std over trials) against weight KiB, a point per row named in the legend."""
     rows = table.dropna(subset=["weight_kib"])
     if rows.empty:
         return _warn("no eff_<exp>_t<k>.csv log with weight_kib; accuracy vs memory not drawn")
     fig, panels = _panels(sorted(rows.dataset.unique()), "weight memory (KiB, log scale)",
                           "best test accuracy (%), mean ± std over trials")
     for i, row in enumerate(rows.itertuples()):
-        ax = panels[row.dataset]
+        # Rows of one bit width share an x: colour and marker tell them apart, the legend names them.
+        label = _row_label(row.precision, row.scheduler, row.setting, row.n_trials)
         yerr = None if pd.isna(row.test_acc_std) else row.test_acc_std
-        ax.errorbar(row.weight_kib, row.test_acc_mean, yerr=yerr, fmt="o", capsize=3, color=f"C{i % 10}")
-        label = " ".join(filter(None, (row.precision, row.scheduler, row.setting)))
-        ax.annotate(label, (row.weight_kib, row.test_acc_mean), xytext=(4, 4), textcoords="offset points",
-                    fontsize="small")
-    for ax in panels.values():
-        ax.set_xscale("log", base=2)
+        panels[row.dataset].errorbar(row.weight_kib, row.test_acc_mean, yerr=yerr, fmt="osD^v"[i // 10 % 5],
+                                     capsize=3, color=f"C{i % 10}", label=label)
+    for dataset, ax in panels.items():
+        ticks = sorted(rows.weight_kib[rows.dataset == dataset].unique())
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{kib:g}" for kib in ticks], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.legend(fontsize="small")
     return fig
 
 
@@ -180,8 +183,11 @@ def _colors(groups: dict[str, list[TrialLog]]) -> dict[str, str]:
 
 
 def _label(logs: list[TrialLog]) -> str:
-    run = logs[0].run
-    return f"{run.precision} {run.scheduler}{f' ({run.setting})' if run.setting else ''} (n={len(logs)})"
+    return _row_label(logs[0].run.precision, logs[0].run.scheduler, logs[0].run.setting, len(logs))
+
+
+def _row_label(precision: str, scheduler: str, setting: str, n_trials: int) -> str:
+    return f"{precision} {scheduler}{f' ({setting})' if setting else ''} (n={n_trials})"
 
 
 def _thin(data):

@@ -314,7 +314,7 @@ def test_smoothing_has_no_step_where_a_window_would_fill():
 
 def test_loss_axis_names_the_smoothing(tree):
     fig = plot_results.plot_loss_curves(results.find_runs(tree), window=7)
-    assert {ax.get_ylabel() for ax in fig.axes} == {"training loss (exponential moving average, span 7 iterations)"}
+    assert {ax.get_ylabel() for ax in fig.axes} == {"training loss (exponential moving avg., span 7)"}
 
 
 # ---------------------------------------------------------------- damaged accuracies, single trials
@@ -526,8 +526,8 @@ def test_accuracy_vs_memory_figure(eff_tree):
     bars = [c.lines[2][0].get_segments()[0] for c in ax.containers]
     assert [y for lo, hi in bars for y in (lo[1], hi[1])] == pytest.approx(
         [88.5 - 0.5**0.5, 88.5 + 0.5**0.5, 85.5 - 0.5**0.5, 85.5 + 0.5**0.5])
-    assert [t.get_text() for t in ax.texts] == ["8bit cosine", "4bit cosine"]
-    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["8bit cosine (n=2)", "4bit cosine (n=2)"]
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["24.5", "49"]
 
 
 def test_plot_cli_headless_small_pngs_relative_out(eff_tree, tmp_path):
