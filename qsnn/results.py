@@ -278,15 +278,15 @@ def accuracy_table(runs: Iterable[Run], acc_logs: dict[str, list[TrialLog]] | No
 def trial_summary(log: TrialLog) -> dict:
     """One trial's best test accuracy, epochs, val-selected accuracy and efficiency at its best epoch."""
     run, acc = log.run, log.data
-    best = acc.loc[acc["test_acc"].idxmax()]
+    best = acc.loc[acc["test_acc"].idxmax()]  # the first epoch of best test accuracy: the model the trial kept
     eff = read_log(run.log_path("eff", log.trial), "eff", missing_ok=True)
-    at_best = eff[eff["epoch"] == best["epoch"]].head(1) if eff is not None else pd.DataFrame()
+    eff_at_best = eff.set_index("epoch").reindex([int(best["epoch"])]).iloc[0] if eff is not None else {}
     return {"experiment": run.experiment, "dataset": run.dataset, "precision": run.precision,
-            "scheduler": run.scheduler, "setting": run.setting, "trial": f"{run.name}/t{log.trial}", "epochs": len(acc),
-            "best": best["test_acc"],
+            "scheduler": run.scheduler, "setting": run.setting, "trial": f"{run.name}/t{log.trial}",
+            "epochs": len(acc), "best": best["test_acc"],
             # test_acc at the first epoch of highest val_acc: the model a validation split would select
             "val_selected": acc.loc[acc["val_acc"].idxmax(), "test_acc"] if "val_acc" in acc else math.nan,
-            **{c: at_best[c].iloc[0] if c in at_best.columns and len(at_best) else math.nan for c in EFF_COLUMNS}}
+            **{column: eff_at_best.get(column, math.nan) for column in EFF_COLUMNS}}
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:

@@ -541,3 +541,13 @@ def test_plot_cli_headless_small_pngs_relative_out(eff_tree, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (tmp_path / "figs" / f"{stem}.pdf").is_file()
     assert proc.stdout.splitlines()[0] == "wrote figs/loss_curves.png"
+
+
+def test_efficiency_without_the_best_epoch_row_is_empty(tmp_path):
+    folder = write_run(tmp_path, "mnist_4bit_cosine", "mnist", "cosine", [[50, 60]], num_bits=4)
+    write_eff(folder / "eff_mnist_4bit_cosine_t0.csv", 1, 0, 24.5)  # epoch 1 only; the best epoch is 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", results.ResultsWarning)
+        table = results.accuracy_table(results.find_runs(tmp_path))
+    assert table.loc[0, list(results.EFF_COLUMNS)].isna().all()
+    assert "weights (KiB)" not in results.to_markdown(table)
