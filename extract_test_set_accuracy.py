@@ -1,9 +1,14 @@
 """Summarise the test accuracy of every QSNN run under a folder as a CSV file and a markdown table.
 
-Runs are grouped by (dataset, precision, scheduler); experiment folders sharing a group pool their
-trials. Per group: trial count, epochs logged, each trial's best test accuracy (max over epochs, as
-in the paper) with max, mean and sample std (ddof=1, 0.0 for one trial) over trials, and, where the
-acc CSV has val_acc, the test accuracy at the best-validation epoch with its mean and std.
+One row per experiment: a run folder's config.json "config" without run-time keys (device, epochs,
+seed, ...); folders of the same experiment pool their trials, and a "setting" column names the keys
+that tell apart rows with the same dataset, precision and scheduler. tune.py's trial folders are
+left out unless --include-tuning. Per row: trials, epochs logged, each trial's best test accuracy
+(max over epochs, as in the paper) with max, mean and sample std over trials (n/a for one trial),
+the test accuracy at the best-validation epoch where logged, and efficiency figures where
+eff_<exp>_t<k>.csv exists.
+
+Relative paths (ROOT, --out) are taken from the current directory; ROOT defaults to the repository.
 """
 
 import argparse
@@ -16,31 +21,52 @@ sys.path.insert(0, str(REPO_ROOT))
 from qsnn import results  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 
+TABLE_COLUMNS_DOC = """\
+Columns of the accuracy table (test_set_accuracy.csv), one row per experiment (config.json's "config"
+without run-time keys such as device, epochs, seed), pooling the trials of every folder of that
+experiment; accuracies are percentages:
+  dataset, precision, scheduler    the label; precision is config.json's "precision", else
+                                   derived from config.num_bits (null -> "fp32", N -> "<N>bit")
+  setting                          the config keys that differ between rows sharing the label,
+                                   e.g. "num_steps=10, t_max=469" (empty when the label is unique)
+  n_trials, trials                 trials with a readable acc CSV, as "<exp>/t<k>" ";"-separated;
+                                   the per-trial columns below list values in this order
+  epochs_min, epochs_max           fewest / most epochs logged by one trial
+  best_test_acc_per_trial          max of test_acc over epochs, per trial (the paper's number)
+  test_acc_max, test_acc_mean      max and mean over trials of best_test_acc_per_trial
+  test_acc_std                     their sample std (ddof=1); empty for a single trial
+  n_val_trials                     trials whose acc CSV has a val_acc column
+  val_selected_test_acc_per_trial  test_acc at the first epoch with the highest val_acc
+  val_selected_test_acc_mean, val_selected_test_acc_std   as above, over the n_val_trials trials
+  rate_conv1 ... weight_kib_fp32   from eff_<exp>_t<k>.csv at each trial's best test-accuracy epoch,
+                                   mean over trials (spike rates, SynOps and MACs per sample,
+                                   weight memory in KiB); empty without that file
+"""
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        epilog=results.TABLE_COLUMNS_DOC,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("root", nargs="?", type=Path, default=REPO_ROOT,
-                        help="folder searched recursively for run folders (default: the repository root, %(default)s)")
+    parser = results.ArgumentParser(prog="extract_test_set_accuracy.py", description=__doc__,
+                                    epilog=TABLE_COLUMNS_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", nargs="?", type=Path, default=REPO_ROOT, metavar="ROOT",
+                        help="folder searched recursively for run folders (default: the repository, %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("test_set_accuracy.csv"),
-                        help="CSV file to write (default: ./test_set_accuracy.csv)")
+                        help="CSV file to write, its folder created if needed (default: ./test_set_accuracy.csv)")
+    parser.add_argument("--include-tuning", action="store_true", help="also tabulate tune.py's trial folders")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    """Write the accuracy CSV and print it as markdown; 0 on success, UserError's exit code otherwise."""
-    args = parse_args(argv)
+    """Write the accuracy CSV, then print it as markdown; 0 on success, UserError's exit code otherwise."""
     try:
+        args = parse_args(argv)
         with results.warnings_to_stderr():
-            table = results.accuracy_table(results.find_runs(args.root))
+            table = results.accuracy_table(results.find_runs(args.root, args.include_tuning))
+        path = results.write_table(table, args.out)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(results.to_markdown(table))
-    print(f"wrote {results.write_table(table, args.out)}", file=sys.stderr)
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -1,23 +1,25 @@
-"""Find QSNN run folders, read their CSV logs robustly, aggregate test accuracy and draw figures.
+"""Find QSNN run folders, read their CSV logs robustly and tabulate test accuracy (figures: plot_results.py).
 
-A run folder is any folder holding a config.json with the keys "dataset" and "config"; its trials
-log to {loss,lr,acc}_<exp>_t<k>.csv. Anything unreadable is skipped with a ResultsWarning naming the
-file; UserError is raised only when nothing at all is usable.
-
-The columns of the accuracy table (test_set_accuracy.csv) are described in TABLE_COLUMNS_DOC.
+A run folder holds a config.json with the keys "dataset" and "config"; trial k logs to
+{acc,loss,lr,eff}_<exp>_t<k>.csv. A table row is an experiment: the config without RUN_TIME_KEYS, so
+folders of one experiment pool their trials. Unreadable data is skipped with a ResultsWarning naming
+the file; UserError is raised only when nothing at all is usable.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
+import itertools
 import json
 import math
 import os
 import re
 import sys
 import warnings
+from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -28,44 +30,41 @@ from qsnn.config import precision_name
 from qsnn.errors import UserError
 
 # Folders that never hold runs but can be huge (datasets, environments).
-SKIP_DIRS = frozenset(
-    {".git", "venv", ".venv", "site-packages", "data", "__pycache__", ".pytest_cache", "node_modules"}
-)
-# Columns a log must have; the first is the step the log is indexed by.
-LOG_COLUMNS = {"acc": ("epoch", "test_acc"), "loss": ("iteration", "loss"), "lr": ("iteration", "lr")}
-OPTIONAL_COLUMNS = {"acc": ("val_acc",)}
-TABLE_COLUMNS = (
-    "dataset", "precision", "scheduler", "n_trials", "trials", "epochs_min", "epochs_max",
-    "best_test_acc_per_trial", "test_acc_max", "test_acc_mean", "test_acc_std",
-    "n_val_trials", "val_selected_test_acc_per_trial",
-    "val_selected_test_acc_mean", "val_selected_test_acc_std",
-)
-DEFAULT_WINDOW = 50
-# Curves are thinned to about this many points: invisible at figure size, and keeps PDFs small.
-MAX_POINTS = 2000
+SKIP_DIRS = frozenset({".git", "venv", ".venv", "site-packages", "data", "__pycache__", ".pytest_cache",
+                       "node_modules"})
+# Keys that change where, how fast or for how long a run goes, not what it computes. seed is one of
+# them because a folder's trials are its seeds (seed + k): folders differing only in seed pool.
+RUN_TIME_KEYS = frozenset({"device", "output_dir", "data_dir", "epochs", "patience", "num_trials", "num_workers",
+                           "execution", "time_chunk", "tensor_data", "test_batch_size", "exp_name", "seed",
+                           "sync_batch_norm"})
+# Each scheduler's own keys (qsnn/schedules.py); another scheduler's keys do not change a run.
+SCHEDULE_KEYS = {"cosine": {"t_max", "eta_min"}, "cosine_restarts": {"t_0", "t_mult", "eta_min"},
+                 "cyclic": {"base_lr", "step_size_up"}, "step": {"step_size", "gamma"}, "constant": set()}
+ALL_SCHEDULE_KEYS = frozenset().union(*SCHEDULE_KEYS.values())
+EFF_COLUMNS = ("rate_conv1", "rate_conv2", "rate_fc", "synops", "synops_conv2", "synops_fc", "input_macs",
+               "weight_kib", "weight_kib_fp32")
+# Required columns of each log (the first is its step), then optional ones.
+LOG_COLUMNS = {"acc": ("epoch", "test_acc"), "loss": ("iteration", "loss"), "lr": ("iteration", "lr"),
+               "eff": ("epoch",)}
+OPTIONAL_COLUMNS = {"acc": ("val_acc",), "eff": EFF_COLUMNS}
+ACC_COLUMNS = ["test_acc", "val_acc"]  # percentages: a value outside 0..100 is damage
 
-TABLE_COLUMNS_DOC = """\
-Columns of the accuracy table (test_set_accuracy.csv), one row per (dataset, precision, scheduler),
-pooling the trials of every experiment folder with that key; accuracies are percentages:
-  dataset, precision, scheduler    the group; precision is config.json's "precision", else
-                                   derived from config.num_bits (null -> "fp32", N -> "<N>bit")
-  n_trials                         trials with a readable acc CSV
-  trials                           those trials as "<exp>/t<k>", ";"-separated; the per-trial
-                                   columns below list values in this order
-  epochs_min, epochs_max           fewest / most epochs logged by one trial
-  best_test_acc_per_trial          max of test_acc over epochs, per trial (the paper's number)
-  test_acc_max                     max over trials of best_test_acc_per_trial
-  test_acc_mean, test_acc_std      mean and sample std (ddof=1; 0.0 for a single trial) over trials
-                                   of best_test_acc_per_trial
-  n_val_trials                     trials whose acc CSV has a val_acc column
-  val_selected_test_acc_per_trial  test_acc at the first epoch with the highest val_acc (empty
-                                   entry for a trial without val_acc)
-  val_selected_test_acc_mean, val_selected_test_acc_std
-                                   mean and sample std (as above) over the n_val_trials trials;
-                                   empty when n_val_trials is 0
-"""
 
-Group = tuple[str, str, str]
+def _join(values: pd.Series) -> str:
+    return ";".join("" if pd.isna(v) else f"{v:.6g}" for v in values)
+
+
+# Per-trial columns -> table columns, as pandas named aggregations over an experiment's trials.
+AGGREGATES = dict(
+    dataset=("dataset", "first"), precision=("precision", "first"), scheduler=("scheduler", "first"),
+    setting=("setting", "first"), n_trials=("trial", "size"), trials=("trial", ";".join),
+    epochs_min=("epochs", "min"), epochs_max=("epochs", "max"), best_test_acc_per_trial=("best", _join),
+    test_acc_max=("best", "max"), test_acc_mean=("best", "mean"), test_acc_std=("best", "std"),
+    n_val_trials=("val_selected", "count"), val_selected_test_acc_per_trial=("val_selected", _join),
+    val_selected_test_acc_mean=("val_selected", "mean"), val_selected_test_acc_std=("val_selected", "std"),
+    **{column: (column, "mean") for column in EFF_COLUMNS},
+)
+TABLE_COLUMNS = tuple(AGGREGATES)
 
 
 class ResultsWarning(UserWarning):
@@ -74,18 +73,16 @@ class ResultsWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Run:
-    """One experiment folder: where it is, its group key and its trial indices."""
+    """One run folder: where it is, its label, its experiment key and its trial indices."""
 
     folder: Path
     name: str
     dataset: str
     precision: str
     scheduler: str
+    experiment: str  # sorted JSON of the config keys that define the result
     trials: tuple[int, ...]
-
-    @property
-    def group(self) -> Group:
-        return (self.dataset, self.precision, self.scheduler)
+    setting: str = ""  # what tells this experiment apart from others with the same label
 
     def log_path(self, kind: str, trial: int) -> Path:
         return self.folder / f"{kind}_{self.name}_t{trial}.csv"
@@ -98,415 +95,246 @@ class TrialLog(NamedTuple):
     trial: int
     data: pd.DataFrame
 
-    @property
-    def label(self) -> str:
-        return f"{self.run.name}/t{self.trial}"
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage mistakes raise UserError (one line, exit code 2) instead of printing usage."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def _warn(message: str) -> None:
     warnings.warn(message, ResultsWarning, stacklevel=3)
 
 
-def _skip(path: Path, reason: str) -> None:
-    _warn(f"skipping {path}: {reason}")
-
-
 @contextmanager
 def warnings_to_stderr() -> Iterator[None]:
     """Print each warning raised inside the block as one `warning: ...` line on stderr, repeats included."""
-    def show(message, category, *args, **kwargs):
-        print(f"warning: {message}", file=sys.stderr)
-
     with warnings.catch_warnings():
         warnings.simplefilter("always", ResultsWarning)
-        warnings.showwarning = show
+        warnings.showwarning = lambda message, *args, **kwargs: print(f"warning: {message}", file=sys.stderr)
         yield
 
 
-# ---------------------------------------------------------------- finding runs
-
-
-def find_runs(root: str | Path) -> list[Run]:
-    """Return every experiment folder under root in sorted walk order; UserError if there is none."""
+def find_runs(root: str | Path, include_tuning: bool = False) -> list[Run]:
+    """Every run folder under root in sorted walk order, tune.py trials only if asked; UserError if none."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a folder")
-    runs = [run for folder in _folders_with_config(root) if (run := read_run(folder)) is not None]
-    if not runs:
-        raise UserError(f"no experiment folders (config.json with 'dataset' and 'config') under {root}")
-    return runs
-
-
-def _folders_with_config(root: Path) -> Iterator[Path]:
+    runs, tuning = [], 0
     for folder, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS)
-        if "config.json" in files:
-            yield Path(folder)
+        if "config.json" not in files or (meta := _read_meta(Path(folder) / "config.json")) is None:
+            continue
+        if not include_tuning and is_tuning(Path(folder).relative_to(root), meta):
+            tuning += 1
+        else:
+            runs.append(read_run(Path(folder), meta))
+    if not runs:
+        hint = f" ({tuning} tune.py trial folder(s) skipped; add --include-tuning)" if tuning else ""
+        raise UserError(f"no experiment folders (config.json with 'dataset' and 'config') under {root}{hint}")
+    return with_settings(runs)
 
 
-def read_run(folder: Path) -> Run | None:
-    """Describe the experiment in folder, or None if its config.json is not a run's config."""
-    path = folder / "config.json"
+def _read_meta(path: Path) -> dict | None:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        _skip(path, f"not readable JSON ({exc})")
-        return None
-    if not isinstance(meta, dict) or "dataset" not in meta or not isinstance(meta.get("config"), dict):
-        return None
+    except (OSError, ValueError) as exc:  # ValueError: bad UTF-8 or JSON
+        return _warn(f"skipping {path}: not readable JSON ({exc})")
+    is_run = isinstance(meta, dict) and "dataset" in meta and isinstance(meta.get("config"), dict)
+    return meta if is_run else None
+
+
+def is_tuning(relative: Path, meta: dict) -> bool:
+    """tune.py output: a folder below a `tune` folder, or its trial_<n> in <output_dir>/tune/<study>/."""
+    study_dir = Path(str(meta["config"].get("output_dir") or ""))
+    named_trial = re.fullmatch(r"trial_\d+", str(meta.get("exp_name"))) is not None
+    return "tune" in relative.parts[:-1] or (named_trial and study_dir.parent.name == "tune")
+
+
+def read_run(folder: Path, meta: dict) -> Run:
+    """Describe the run in folder from its config.json contents; warn about unfinished trials."""
     config = meta["config"]
     name = str(meta.get("exp_name") or folder.name)
     status = _read_status(folder)
-    run = Run(
-        folder=folder,
-        name=name,
-        dataset=str(meta["dataset"]),
-        precision=precision_label(meta),
-        scheduler=str(config.get("scheduler", "unknown")),
-        trials=_trial_indices(folder, name, config.get("num_trials"), status),
-    )
-    _warn_unfinished(run, status)
-    return run
+    for trial, info in sorted(status.items()):
+        if (state := info.get("state", "unknown")) != "finished":
+            reason = f" ({info['reason']})" if info.get("reason") else ""
+            _warn(f"{folder}: trial t{trial} is {state}{reason}; its data so far is included")
+    used = SCHEDULE_KEYS.get(config.get("scheduler"), ALL_SCHEDULE_KEYS)
+    key = {k: v for k, v in config.items() if k not in RUN_TIME_KEYS and (k in used or k not in ALL_SCHEDULE_KEYS)}
+    key.update(dataset=str(meta["dataset"]), precision=precision_label(meta))
+    return Run(folder, name, key["dataset"], key["precision"], str(config.get("scheduler", "unknown")),
+               json.dumps(key, sort_keys=True, default=str), _trial_indices(folder, name, config, status))
 
 
 def precision_label(meta: dict) -> str:
     """config.json's "precision", else "fp32" for config.num_bits null and "<N>bit" for N."""
-    if isinstance(meta.get("precision"), str) and meta["precision"]:
-        return meta["precision"]
-    return precision_name(meta["config"].get("num_bits"))
+    return meta.get("precision") or precision_name(meta["config"].get("num_bits"))
 
 
-def _trial_indices(folder: Path, name: str, num_trials, status: dict[int, dict]) -> tuple[int, ...]:
-    # Trials announced by the config or status.json but without files are kept, so that their
-    # missing logs are reported rather than silently shrinking the trial count.
+def _trial_indices(folder: Path, name: str, config: dict, status: dict[int, dict]) -> tuple[int, ...]:
+    # Trials with files or a status entry; further announced ones are counted, never listed (num_trials may be huge).
     pattern = re.compile(rf"(?:acc|loss|lr)_{re.escape(name)}_t(\d+)\.csv")
-    found = {int(m.group(1)) for f in folder.iterdir() if (m := pattern.fullmatch(f.name))}
-    configured = range(num_trials) if isinstance(num_trials, int) else range(0)
-    return tuple(sorted(found | set(status) | set(configured)))
+    found = {int(m[1]) for f in folder.iterdir() if (m := pattern.fullmatch(f.name))} | set(status)
+    announced = config.get("num_trials")
+    if type(announced) is int and (missing := announced - sum(k < announced for k in found)) > 0:
+        first = itertools.islice((f"t{k}" for k in itertools.count() if k not in found), min(missing, 3))
+        more = ", ..." if missing > 3 else ""
+        _warn(f"{folder}: config.json announces {announced} trials; {missing} have no logs ({', '.join(first)}{more})")
+    return tuple(sorted(found))
 
 
 def _read_status(folder: Path) -> dict[int, dict]:
     path = folder / "status.json"
-    if not path.exists():
+    try:  # written atomically by qsnn.runlog: whole or absent
+        return {int(k): v for k, v in json.loads(path.read_text(encoding="utf-8"))["trials"].items()}
+    except FileNotFoundError:
         return {}
-    try:
-        trials = json.loads(path.read_text(encoding="utf-8"))["trials"]
-        return {int(k): v for k, v in trials.items() if isinstance(v, dict)}
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        _skip(path, f"not a readable status file ({exc!r})")
-        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return _warn(f"skipping {path}: not a readable status file ({exc!r})") or {}
 
 
-def _warn_unfinished(run: Run, status: dict[int, dict]) -> None:
-    for trial, info in sorted(status.items()):
-        state = info.get("state", "unknown")
-        if state != "finished":
-            reason = f" ({info['reason']})" if info.get("reason") else ""
-            _warn(
-                f"{run.folder}: trial t{trial} is {state}{reason}; "
-                f"its data so far is included"
-            )
+def with_settings(runs: list[Run]) -> list[Run]:
+    """Set each run's setting: the experiment keys whose values differ among runs sharing its label."""
+    configs = pd.DataFrame([json.loads(run.experiment) for run in runs]).map(json.dumps)  # absent key: "NaN"
+    labels = pd.Series([(run.dataset, run.precision, run.scheduler) for run in runs])
+    differs = configs.groupby(labels).transform("nunique") > 1
+    return [replace(run, setting=", ".join(f"{k}={json.loads(run.experiment).get(k)}"
+                                           for k in sorted(configs.columns[row])))
+            for run, row in zip(runs, differs.to_numpy())]
 
 
-# ---------------------------------------------------------------- reading logs
+def row_order(run: Run) -> tuple:
+    """Sort key of table rows: dataset, fp32 then bit widths high to low, scheduler, setting (numbers by value)."""
+    bits = re.fullmatch(r"(\d+)bit", run.precision)
+    rank = (0, 0, "") if run.precision == "fp32" else (1, -int(bits[1]), "") if bits else (2, 0, run.precision)
+    natural = [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", run.setting)]
+    return (run.dataset, rank, run.scheduler, natural)
 
 
-def read_log(path: Path, kind: str) -> pd.DataFrame | None:
-    """Read one CSV log, keeping complete numeric rows sorted by step; warn and return None if none."""
+def read_log(path: Path, kind: str, missing_ok: bool = False) -> pd.DataFrame | None:
+    """Complete, finite rows of one CSV log sorted by step; warn and return None if there are none."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        return _skip(path, "file is missing")
+        return None if missing_ok else _warn(f"skipping {path}: file is missing")
     except OSError as exc:
-        return _skip(path, f"cannot read it ({exc.strerror})")
-    lines = _complete_lines(text, path)
-    if not lines:
-        return _skip(path, "file is empty")
-    try:
-        frame = pd.read_csv(io.StringIO("\n".join(lines)), index_col=False)
-    except (pd.errors.ParserError, ValueError) as exc:
-        return _skip(path, f"not a readable CSV ({exc})")
-    required = LOG_COLUMNS[kind]
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        return _skip(path, f"header lacks column(s) {', '.join(missing)}")
-    if frame.empty:
-        return _skip(path, "header only, no data rows")
-    used = required + tuple(c for c in OPTIONAL_COLUMNS.get(kind, ()) if c in frame.columns)
-    return _numeric_rows(frame, used, path)
-
-
-def _complete_lines(text: str, path: Path) -> list[str]:
-    lines = text.splitlines()
-    # The trainer appends whole lines, so text after the last newline is a row cut mid-write.
-    if len(lines) > 1 and not text.endswith("\n"):
-        _warn(f"{path}: dropped its incomplete last line {lines.pop()!r}")
-    # pandas would silently misalign a row with extra fields (as an index) or refuse the file.
-    width = lines[0].count(",") if lines else 0
-    wide = [line for line in lines[1:] if line.count(",") > width]
-    if wide:
+        return _warn(f"skipping {path}: cannot read it ({exc.strerror})")
+    body, _, cut = text.rpartition("\n")
+    if body and cut:  # the trainer writes whole lines: text after the last newline was cut mid-write
+        _warn(f"{path}: dropped its incomplete last line {cut!r}")
+        text = body
+    if not (lines := text.splitlines()):
+        return _warn(f"skipping {path}: file is empty")
+    # pandas would silently cut a row with extra fields (or take them as an index).
+    if wide := [line for line in lines[1:] if line.count(",") > lines[0].count(",")]:
         _warn(f"{path}: dropped {len(wide)} row(s) with more fields than the header")
-        lines = [lines[0]] + [line for line in lines[1:] if line.count(",") <= width]
-    return lines
+    try:
+        frame = pd.read_csv(io.StringIO("\n".join(line for line in lines if line not in wide)))
+    except (pd.errors.ParserError, ValueError) as exc:
+        return _warn(f"skipping {path}: not a readable CSV ({exc})")
+    if missing := [c for c in LOG_COLUMNS[kind] if c not in frame.columns]:
+        return _warn(f"skipping {path}: header lacks column(s) {', '.join(missing)}")
+    if frame.empty:
+        return _warn(f"skipping {path}: header only, no data rows")
+    columns = [*LOG_COLUMNS[kind], *(c for c in OPTIONAL_COLUMNS.get(kind, ()) if c in frame.columns)]
+    return _valid_rows(frame[columns].apply(pd.to_numeric, errors="coerce"), path)
 
 
-def _numeric_rows(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> pd.DataFrame | None:
-    numeric = frame[list(columns)].apply(pd.to_numeric, errors="coerce").dropna()
-    dropped = len(frame) - len(numeric)
-    if dropped:
-        _warn(f"{path}: dropped {dropped} row(s) with missing or non-numeric values")
-    if numeric.empty:
-        return _skip(path, "no complete numeric row")
-    step = columns[0]
-    numeric[step] = numeric[step].astype(int)
-    # A resumed trial may log a step twice; the later row is the one that counts.
-    numeric = numeric.drop_duplicates(step, keep="last").sort_values(step)
-    return numeric.reset_index(drop=True)
+def _valid_rows(numeric: pd.DataFrame, path: Path) -> pd.DataFrame | None:
+    accs = numeric.filter(items=ACC_COLUMNS)
+    valid = np.isfinite(numeric).all(axis=1) & (accs >= 0).all(axis=1) & (accs <= 100).all(axis=1)
+    if dropped := int((~valid).sum()):
+        accuracy = " or an accuracy outside 0..100" if len(accs.columns) else ""
+        _warn(f"{path}: dropped {dropped} row(s) with missing or non-numeric values{accuracy}")
+    if not valid.any():
+        return _warn(f"skipping {path}: no complete numeric row")
+    step = numeric.columns[0]
+    numeric = numeric[valid].astype({step: int})
+    # A step logged twice (a resumed trial) counts with its later row.
+    return numeric.drop_duplicates(step, keep="last").sort_values(step).reset_index(drop=True)
 
 
-def collect_logs(runs: Iterable[Run], kind: str) -> dict[Group, list[TrialLog]]:
-    """Read one kind of log ("acc", "loss" or "lr") of every trial, grouped by run.group, groups sorted."""
-    groups: dict[Group, list[TrialLog]] = {}
-    for run in runs:
+def collect_logs(runs: Iterable[Run], kind: str) -> dict[str, list[TrialLog]]:
+    """Read one kind of log ("acc", "loss", "lr") of every trial, by experiment, in table row order."""
+    groups = defaultdict(list)
+    for run in sorted(runs, key=row_order):
         for trial in run.trials:
-            data = read_log(run.log_path(kind, trial), kind)
-            if data is not None:
-                groups.setdefault(run.group, []).append(TrialLog(run, trial, data))
-    return dict(sorted(groups.items(), key=lambda item: _group_order(item[0])))
+            if (data := read_log(run.log_path(kind, trial), kind)) is not None:
+                groups[run.experiment].append(TrialLog(run, trial, data))
+    return dict(groups)
 
 
-def _group_order(group: Group) -> tuple:
-    dataset, precision, scheduler = group
-    bits = re.fullmatch(r"(\d+)bit", precision)
-    rank = (0, 0, "") if precision == "fp32" else (1, -int(bits[1]), "") if bits else (2, 0, precision)
-    return (dataset, rank, scheduler)
-
-
-def select_datasets(runs: list[Run], datasets: Iterable[str] | None) -> list[Run]:
-    """Keep the runs of the named datasets (all if None); warn about names with no run."""
-    if datasets is None:
-        return runs
-    wanted = list(datasets)
-    present = {run.dataset for run in runs}
-    for name in wanted:
-        if name not in present:
-            _warn(f"no run of dataset {name!r} (found: {', '.join(sorted(present))})")
-    kept = [run for run in runs if run.dataset in wanted]
-    if not kept:
-        raise UserError(f"no run of dataset(s) {', '.join(wanted)}")
-    return kept
-
-
-# ---------------------------------------------------------------- accuracy table
-
-
-def accuracy_table(runs: Iterable[Run]) -> pd.DataFrame:
-    """One row per (dataset, precision, scheduler) with the columns in TABLE_COLUMNS_DOC."""
-    groups = collect_logs(runs, "acc")
-    if not groups:
+def accuracy_table(runs: Iterable[Run], acc_logs: dict[str, list[TrialLog]] | None = None) -> pd.DataFrame:
+    """One row per experiment (columns: extract_test_set_accuracy.py --help); acc_logs: the runs' if read already."""
+    acc_logs = collect_logs(runs, "acc") if acc_logs is None else acc_logs
+    if not acc_logs:
         raise UserError("no readable acc_<exp>_t<k>.csv log in any experiment folder")
-    rows = [_summary_row(group, logs) for group, logs in groups.items()]
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    trials = pd.DataFrame([trial_summary(log) for logs in acc_logs.values() for log in logs])
+    return trials.groupby("experiment", sort=False).agg(**AGGREGATES).reset_index(drop=True)
 
 
-def _summary_row(group: Group, logs: list[TrialLog]) -> dict:
-    best = [float(log.data["test_acc"].max()) for log in logs]
-    selected = [val_selected_test_acc(log.data) for log in logs]
-    with_val = [acc for acc in selected if acc is not None]
-    epochs = [len(log.data) for log in logs]
-    mean, std = mean_std(best)
-    val_mean, val_std = mean_std(with_val) if with_val else (math.nan, math.nan)
-    return dict(
-        zip(("dataset", "precision", "scheduler"), group),
-        n_trials=len(logs),
-        trials=";".join(log.label for log in logs),
-        epochs_min=min(epochs),
-        epochs_max=max(epochs),
-        best_test_acc_per_trial=_join(best),
-        test_acc_max=max(best),
-        test_acc_mean=mean,
-        test_acc_std=std,
-        n_val_trials=len(with_val),
-        val_selected_test_acc_per_trial=_join(selected),
-        val_selected_test_acc_mean=val_mean,
-        val_selected_test_acc_std=val_std,
-    )
-
-
-def val_selected_test_acc(acc: pd.DataFrame) -> float | None:
-    """test_acc at the first epoch with the highest val_acc; None without a val_acc column."""
-    if "val_acc" not in acc.columns:
-        return None
-    return float(acc.loc[acc["val_acc"].idxmax(), "test_acc"])
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1), the latter 0.0 for a single value."""
-    array = np.asarray(values, dtype=float)
-    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
-    return float(array.mean()), std
-
-
-def _join(values: list[float | None]) -> str:
-    return ";".join("" if v is None else f"{v:.6g}" for v in values)
+def trial_summary(log: TrialLog) -> dict:
+    """One trial's best test accuracy, epochs, val-selected accuracy and efficiency at its best epoch."""
+    run, acc = log.run, log.data
+    best = acc.loc[acc["test_acc"].idxmax()]  # the first epoch of best test accuracy: the model the trial kept
+    eff = read_log(run.log_path("eff", log.trial), "eff", missing_ok=True)
+    eff_at_best = eff.set_index("epoch").reindex([int(best["epoch"])]).iloc[0] if eff is not None else {}
+    return {"experiment": run.experiment, "dataset": run.dataset, "precision": run.precision,
+            "scheduler": run.scheduler, "setting": run.setting, "trial": f"{run.name}/t{log.trial}",
+            "epochs": len(acc), "best": best["test_acc"],
+            # test_acc at the first epoch of highest val_acc: the model a validation split would select
+            "val_selected": acc.loc[acc["val_acc"].idxmax(), "test_acc"] if "val_acc" in acc else math.nan,
+            **{column: eff_at_best.get(column, math.nan) for column in EFF_COLUMNS}}
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write the accuracy table as CSV (empty cells for missing values, 10 significant digits)."""
+    """Write the table as CSV atomically (empty cells for missing values); UserError if that is impossible."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False, float_format="%.10g")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the CSV file to write, e.g. {path / 'test_set_accuracy.csv'}")
+    from qsnn.runlog import atomic_path  # imports torch: only when writing
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.10g")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {os_reason(exc)}") from None
     return path
 
 
+def os_reason(exc: OSError) -> str:
+    """Why a write failed, in a few words (mkdir's "File exists" names a file in the way)."""
+    return f"{exc.filename} is a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+
+
+def _fmt(values: Iterable[float], spec: str) -> list[str]:
+    return ["" if pd.isna(v) else format(v, spec) for v in values]
+
+
+def _pm(means: pd.Series, stds: pd.Series) -> list[str]:
+    return [f"{m:.2f} ± " + ("n/a" if pd.isna(s) else f"{s:.2f}") for m, s in zip(means, stds)]
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """Render the accuracy table as a markdown table with two-decimal percentages."""
-    header = [
-        "dataset", "precision", "scheduler", "trials", "epochs", "best test acc per trial (%)",
-        "max (%)", "mean ± std (%)", "test acc at best val epoch, mean ± std (%)",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_markdown_cells(row)) + " |" for row in table.to_dict("records")]
-    return "\n".join(lines)
-
-
-def _markdown_cells(row: dict) -> list[str]:
-    epochs = f"{row['epochs_min']}" if row["epochs_min"] == row["epochs_max"] else (
-        f"{row['epochs_min']}-{row['epochs_max']}"
-    )
-    per_trial = ", ".join(f"{float(v):.2f}" for v in row["best_test_acc_per_trial"].split(";"))
-    val = ""
-    if row["n_val_trials"]:
-        val = f"{row['val_selected_test_acc_mean']:.2f} ± {row['val_selected_test_acc_std']:.2f}"
-        if row["n_val_trials"] < row["n_trials"]:
-            val += f" (n={row['n_val_trials']})"
-    return [
-        row["dataset"], row["precision"], row["scheduler"], str(row["n_trials"]), epochs, per_trial,
-        f"{row['test_acc_max']:.2f}", f"{row['test_acc_mean']:.2f} ± {row['test_acc_std']:.2f}", val,
-    ]
-
-
-# ---------------------------------------------------------------- figures
-
-
-def trial_mean_std(curves: list[pd.Series]) -> pd.DataFrame:
-    """Align trials on their index; mean and sample std (0 where one trial) of the trials present at each step."""
-    wide = pd.concat(curves, axis=1, keys=range(len(curves))).sort_index()
-    return pd.DataFrame({"mean": wide.mean(axis=1), "std": wide.std(axis=1, ddof=1).fillna(0.0)})
-
-
-def smooth(series: pd.Series, window: int) -> pd.Series:
-    """Rolling mean over `window` steps, clipped to the series length; early steps average what exists."""
-    return series.rolling(max(1, min(window, len(series))), min_periods=1).mean()
-
-
-def plot_loss_curves(runs: list[Run], window: int = DEFAULT_WINDOW, lr: bool = False):
-    """Smoothed loss vs iteration, a panel per dataset, mean ± std over trials per group; None if no log.
-
-    Trials of unequal length are averaged over those present at each iteration. With lr, the first
-    trial's learning rate of each group is drawn dashed on a twin y axis (one extra Axes per panel).
-    """
-    groups = collect_logs(runs, "loss")
-    if not groups:
-        _warn("no readable loss log; loss curves not drawn")
-        return None
-    lr_groups = collect_logs(runs, "lr") if lr else {}
-    fig, panels = _panels(groups, "iteration", f"training loss (rolling mean, window {window})")
-    colors = _colors(groups)
-    twins = {}
-    for group, logs in groups.items():
-        curves = [smooth(log.data.set_index("iteration")["loss"], window) for log in logs]
-        ax = panels[group[0]]
-        _draw_band(ax, trial_mean_std(curves), colors[group[1:]], _label(group, logs))
-        if lr_groups.get(group):
-            if ax not in twins:
-                twins[ax] = _lr_axis(ax)
-            first = _thin(lr_groups[group][0].data.set_index("iteration")["lr"])
-            twins[ax].plot(first.index, first, color=colors[group[1:]], ls="--", lw=0.8, alpha=0.8)
-    _finish(panels)
-    return fig
-
-
-def _lr_axis(ax):
-    twin = ax.twinx()
-    twin.set_ylabel("learning rate (dashed: first trial)")
-    # Keep the loss lines and their legend above the learning-rate lines.
-    ax.set_zorder(twin.get_zorder() + 1)
-    ax.patch.set_visible(False)
-    return twin
-
-
-def plot_test_accuracy(runs: list[Run]):
-    """Test accuracy vs epoch, a panel per dataset, mean ± std over trials per group; None if no log."""
-    groups = collect_logs(runs, "acc")
-    if not groups:
-        _warn("no readable acc log; test accuracy not drawn")
-        return None
-    fig, panels = _panels(groups, "epoch", "test accuracy (%)")
-    colors = _colors(groups)
-    for group, logs in groups.items():
-        curves = [log.data.set_index("epoch")["test_acc"] for log in logs]
-        _draw_band(panels[group[0]], trial_mean_std(curves), colors[group[1:]], _label(group, logs))
-    _finish(panels)
-    return fig
-
-
-def make_figures(runs: list[Run], window: int = DEFAULT_WINDOW, lr: bool = False) -> dict:
-    """Both figures by file stem ("loss_curves", "test_accuracy"), leaving out any with no data."""
-    figures = {"loss_curves": plot_loss_curves(runs, window, lr), "test_accuracy": plot_test_accuracy(runs)}
-    figures = {name: fig for name, fig in figures.items() if fig is not None}
-    if not figures:
-        raise UserError("no readable loss or acc log in any experiment folder; nothing to plot")
-    return figures
-
-
-def save_figure(fig, out_dir: str | Path, stem: str) -> list[Path]:
-    """Save fig as <out_dir>/<stem>.png and .pdf, creating out_dir; return both paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    return paths
-
-
-def _panels(groups: dict[Group, list[TrialLog]], xlabel: str, ylabel: str):
-    # pyplot is imported here so the table CLI never loads it and the plot CLI can pick a backend first.
-    import matplotlib.pyplot as plt
-
-    datasets = sorted({group[0] for group in groups})
-    ncols = min(len(datasets), 3)
-    nrows = math.ceil(len(datasets) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4.2 * nrows), squeeze=False, layout="constrained")
-    for ax in axes.flat[len(datasets):]:
-        fig.delaxes(ax)
-    for ax, dataset in zip(axes.flat, datasets):
-        ax.set(title=dataset, xlabel=xlabel, ylabel=ylabel)
-        ax.grid(alpha=0.3)
-    return fig, dict(zip(datasets, axes.flat))
-
-
-def _colors(groups: dict[Group, list[TrialLog]]) -> dict[tuple[str, str], str]:
-    # One colour per (precision, scheduler) across panels, so a setting reads the same everywhere.
-    settings = sorted({group[1:] for group in groups}, key=lambda s: _group_order(("", *s)))
-    return {setting: f"C{i % 10}" for i, setting in enumerate(settings)}
-
-
-def _label(group: Group, logs: list[TrialLog]) -> str:
-    return f"{group[1]} {group[2]} (n={len(logs)})"
-
-
-def _thin(data):
-    return data.iloc[:: max(1, math.ceil(len(data) / MAX_POINTS))]
-
-
-def _draw_band(ax, stats: pd.DataFrame, color: str, label: str) -> None:
-    stats = _thin(stats)
-    ax.plot(stats.index, stats["mean"], color=color, lw=1.2, label=label)
-    ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
-                    color=color, alpha=0.2, lw=0)
-
-
-def _finish(panels: dict) -> None:
-    for ax in panels.values():
-        ax.legend(fontsize="small")
+    """The table as markdown, two-decimal percentages; setting and efficiency columns only when filled."""
+    t = table
+    val = [pm + (f" (n={n})" if n < total else "") if n else "" for pm, n, total in
+           zip(_pm(t.val_selected_test_acc_mean, t.val_selected_test_acc_std), t.n_val_trials, t.n_trials)]
+    rates = pd.DataFrame({c: _fmt(t[c], ".3f") for c in ("rate_conv1", "rate_conv2", "rate_fc")})
+    cells = pd.DataFrame({
+        "dataset": t.dataset, "precision": t.precision, "scheduler": t.scheduler, "setting": t.setting,
+        "trials": t.n_trials.astype(str),
+        "epochs": [f"{a}" if a == b else f"{a}-{b}" for a, b in zip(t.epochs_min, t.epochs_max)],
+        "best test acc per trial (%)": [", ".join(_fmt(map(float, s.split(";")), ".2f"))
+                                        for s in t.best_test_acc_per_trial],
+        "max (%)": _fmt(t.test_acc_max, ".2f"), "mean ± std (%)": _pm(t.test_acc_mean, t.test_acc_std),
+        "test acc at best val epoch, mean ± std (%)": val,
+        "spike rate conv1 / conv2 / fc": rates.agg(" / ".join, axis=1).where((rates != "").all(axis=1), ""),
+        "SynOps / sample": _fmt(t.synops, ",.0f"), "weights (KiB)": _fmt(t.weight_kib, ".1f"),
+    })
+    cells = cells.loc[:, (cells != "").any() | ~cells.columns.isin(["setting", *cells.columns[-3:]])]
+    lines = ["| " + " | ".join(cells.columns) + " |", "|" + "---|" * len(cells.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)])

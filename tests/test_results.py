@@ -1,9 +1,11 @@
 """Tests of qsnn/results.py and its two CLIs on generated run folders with known numbers."""
 
 import json
+import os
 import math
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
@@ -32,12 +35,13 @@ def loss_value(trial: int, iteration: int) -> float:
     return 1.0 / iteration + 0.1 * trial
 
 
-def write_run(root, exp, dataset, scheduler, accs, *, precision=None, num_bits=None, vals=None, num_trials=None):
-    """Write a complete run folder: config.json and, per trial, acc, loss and lr CSVs."""
+def write_run(root, exp, dataset, scheduler, accs, *, precision=None, num_bits=None, vals=None, num_trials=None,
+              config=None):
+    """Write a complete run folder: config.json (config= adds or replaces keys) and, per trial, acc, loss, lr CSVs."""
     folder = root / exp
     folder.mkdir(parents=True)
     config = {"num_bits": num_bits, "scheduler": scheduler, "num_trials": num_trials or len(accs),
-              "val_split": 0.1 if vals else 0.0, "epochs": max(len(a) for a in accs)}
+              "val_split": 0.1 if vals else 0.0, "epochs": max(len(a) for a in accs), **(config or {})}
     meta = {"exp_name": exp, "dataset": dataset, "config": config, "versions": {}, "device": "cpu",
             "git_commit": None, "created": "2024-01-01T00:00:00", "command": "train.py"}
     if precision:
@@ -94,17 +98,18 @@ def close_figures():
 
 
 def expected_rows():
-    """Hand-computed table rows (value columns only), in the table's order."""
+    """Hand-computed table rows (value columns up to the efficiency ones), in the table's order."""
     nan = math.nan
     return [
         # best [85, 88]: mean 86.5, std sqrt(4.5); val picks epochs 2 and 2: [85, 84] -> 84.5, sqrt(0.5)
-        ("fashion_mnist", "8bit", "cyclic", 2, 3, 3, "85;88", 88.0, 86.5, math.sqrt(4.5), 2, "85;84", 84.5,
+        ("fashion_mnist", "8bit", "cyclic", "", 2, 3, 3, "85;88", 88.0, 86.5, math.sqrt(4.5), 2, "85;84", 84.5,
          math.sqrt(0.5)),
         # best [90, 92, 94]: mean 92, deviations -2, 0, 2 -> variance 8 / 2 = 4, std 2
-        ("mnist", "fp32", "cosine", 3, 2, 3, "90;92;94", 94.0, 92.0, 2.0, 0, ";;", nan, nan),
-        ("mnist", "4bit", "cosine", 1, 2, 2, "75", 75.0, 75.0, 0.0, 0, "", nan, nan),
+        ("mnist", "fp32", "cosine", "", 3, 2, 3, "90;92;94", 94.0, 92.0, 2.0, 0, ";;", nan, nan),
+        # one trial: the sample std is undefined (NaN, an empty CSV cell), not 0
+        ("mnist", "4bit", "cosine", "", 1, 2, 2, "75", 75.0, 75.0, nan, 0, "", nan, nan),
         # best [65, 66, 64]: mean 65, deviations 0, 1, -1 -> variance 1
-        ("mnist", "4bit", "step", 3, 2, 2, "65;66;64", 66.0, 65.0, 1.0, 0, ";;", nan, nan),
+        ("mnist", "4bit", "step", "", 3, 2, 2, "65;66;64", 66.0, 65.0, 1.0, 0, ";;", nan, nan),
     ]
 
 
@@ -191,7 +196,8 @@ def expected_broken_warnings(root, folder, exp):
         f"{folder / f'acc_{exp}_t1.csv'}: dropped its incomplete last line '2,9'",
         f"skipping {folder / f'acc_{exp}_t2.csv'}: header only, no data rows",
         f"{folder / f'acc_{exp}_t3.csv'}: dropped 1 row(s) with missing or non-numeric values",
-        f"skipping {folder / f'acc_{exp}_t4.csv'}: file is missing",
+        # t4 has no file at all: one line for all announced trials without logs, not one per file
+        f"{folder}: config.json announces 5 trials; 1 have no logs (t4)",
     ]
 
 
@@ -254,7 +260,7 @@ def panel_lines(fig):
 
 def test_figures_panels_lines_and_values(tree):
     runs = results.find_runs(tree)
-    figures = results.make_figures(runs, window=1, lr=True)
+    figures = plot_results.make_figures(runs, window=1, lr=True)
     loss, acc = figures["loss_curves"], figures["test_accuracy"]
     assert len(loss.axes) == 4  # two dataset panels, each with its learning-rate twin
     assert len(acc.axes) == 2
@@ -280,8 +286,268 @@ def test_plot_cli_writes_png_and_pdf(tree, tmp_path, capsys):
 
 
 def test_dataset_selection(tree):
-    runs = results.select_datasets(results.find_runs(tree), ["mnist"])
-    fig = results.plot_loss_curves(runs, window=2)
+    runs = plot_results.select_datasets(results.find_runs(tree), ["mnist"])
+    fig = plot_results.plot_loss_curves(runs, window=2)
     assert [ax.get_title() for ax in fig.axes] == ["mnist"]
     with pytest.raises(UserError, match="no run of dataset"), pytest.warns(results.ResultsWarning, match="cifar"):
-        results.select_datasets(runs, ["cifar10"])
+        plot_results.select_datasets(runs, ["cifar10"])
+
+
+# ---------------------------------------------------------------- smoothing
+
+
+def test_smoothing_has_no_step_where_a_window_would_fill():
+    # A loss spike at the first iteration: a trailing rolling mean keeps it in full until iteration
+    # `window` and then drops it at once (a step of 9/window); the EMA lets it fade geometrically.
+    window = 10
+    loss = pd.Series([10.0] + [1.0] * 39, index=range(1, 41))
+    smoothed = plot_results.smooth(loss, window).to_numpy()
+    w = 1 - 2 / (window + 1)  # pandas' span -> alpha = 2 / (span + 1); bias-corrected weights w^k
+    for i in (0, 5, 10, 11, 39):
+        weights = w ** np.arange(i, -1, -1)
+        assert smoothed[i] == pytest.approx((weights * loss.to_numpy()[: i + 1]).sum() / weights.sum())
+    drops = -np.diff(smoothed)
+    assert (drops > 0).all() and (np.diff(drops) < 0).all()  # every drop smaller than the one before
+    rolling = loss.rolling(window, min_periods=1).mean().to_numpy()
+    assert -np.diff(rolling)[window - 1] > 5 * -np.diff(rolling)[window - 2]  # the artifact the EMA avoids
+
+
+def test_loss_axis_names_the_smoothing(tree):
+    fig = plot_results.plot_loss_curves(results.find_runs(tree), window=7)
+    assert {ax.get_ylabel() for ax in fig.axes} == {"training loss (exponential moving avg., span 7)"}
+
+
+# ---------------------------------------------------------------- damaged accuracies, single trials
+
+
+def test_accuracy_outside_0_100_is_dropped_with_one_line(tmp_path):
+    folder = write_run(tmp_path, "mnist_4bit_cosine", "mnist", "cosine", [[50, 60]], num_bits=4)
+    acc = folder / "acc_mnist_4bit_cosine_t0.csv"
+    write_lines(acc, ACC_HEADER, ["1,50,1,1", "2,inf,1,1", "3,1e308,1,1", "4,-5,1,1", "5,nan,1,1", "6,60,1,1"])
+    with pytest.warns(results.ResultsWarning) as record:
+        table = results.accuracy_table(results.find_runs(tmp_path))
+    assert [str(w.message) for w in record] == [
+        f"{acc}: dropped 4 row(s) with missing or non-numeric values or an accuracy outside 0..100"]
+    assert (table.loc[0, "best_test_acc_per_trial"], table.loc[0, "epochs_max"]) == ("60", 2)
+    write_lines(acc, ACC_HEADER, ["1,100.5,1,1", "2,1e308,1,1"])
+    with pytest.warns(results.ResultsWarning) as record, pytest.raises(UserError, match="no readable acc"):
+        results.accuracy_table(results.find_runs(tmp_path))
+    assert any(str(w.message) == f"skipping {acc}: no complete numeric row" for w in record)
+
+
+def test_single_trial_std_is_undefined_in_markdown_and_csv(tree, tmp_path, capsys):
+    out = tmp_path / "t.csv"
+    assert extract_test_set_accuracy.main([str(tree), "--out", str(out)]) == 0
+    assert "| mnist | 4bit | cosine | 1 | 2 | 75.00 | 75.00 | 75.00 ± n/a |  |" in capsys.readouterr().out
+    csv = pd.read_csv(out, keep_default_na=False, dtype=str).set_index("trials")
+    assert csv.loc["mnist_4bit_cosine/t0", "test_acc_std"] == ""
+    assert csv.loc["mnist_4bit_cosine/t0", "test_acc_mean"] == "75"
+
+
+# ---------------------------------------------------------------- grouping by experiment
+
+FASHION = {"dataset": "fashion_mnist", "exp_name": "", "output_dir": "results/paper", "data_dir": "/data",
+           "num_bits": 4, "num_steps": 100, "beta": 0.974, "lr": 0.002908, "batch_size": 128,
+           "test_batch_size": 1000, "scheduler": "cosine", "t_max": 4690, "eta_min": 0.0, "t_0": 4690,
+           "step_size": 4690, "gamma": 0.5, "epochs": 2, "patience": 100, "seed": 0, "device": "auto",
+           "execution": "fast", "time_chunk": 0, "tensor_data": True, "num_workers": 0}
+
+
+@pytest.fixture()
+def study_tree(tmp_path):
+    """results/ as results/reproduce.sh lays it out, a repeat of one experiment elsewhere, and a tune.py study."""
+    root = tmp_path / "results"
+    write_run(root / "paper", "fashion_mnist_4bit_cosine", "fashion_mnist", "cosine", [[80, 84]],
+              precision="4bit", config=FASHION)
+    for name, extra, accs in (
+        ("periodic", {"t_max": 469}, [[70, 71], [72, 73], [74, 75]]),
+        ("monotone", {"t_max": 2345}, [[60, 61], [62, 63], [64, 65]]),
+        ("constant", {"scheduler": "constant"}, [[50, 51], [52, 53], [54, 55]]),
+    ):
+        cfg = {**FASHION, "output_dir": "results/schedules", "num_steps": 10, "epochs": 5, "t_max": 469, **extra}
+        write_run(root / "schedules", f"fashion_mnist_T10_4bit_{name}", "fashion_mnist", cfg["scheduler"], accs,
+                  precision="4bit", config=cfg)
+    # The periodic experiment again, on another device with other seeds and a longer budget: same experiment.
+    write_run(tmp_path / "results" / "again", "periodic_seed10", "fashion_mnist", "cosine", [[76, 77]],
+              precision="4bit", config={**FASHION, "num_steps": 10, "t_max": 469, "t_0": 469, "seed": 10,
+                                        "device": "cuda", "epochs": 50, "num_workers": 4})
+    for trial, lr in enumerate((0.01, 0.001)):
+        cfg = {**FASHION, "lr": lr, "output_dir": str(root / "tune" / "fmnist"), "exp_name": f"trial_{trial}"}
+        write_run(root / "tune" / "fmnist", f"trial_{trial}", "fashion_mnist", "cosine", [[99, 99]],
+                  precision="4bit", config=cfg)
+    return root
+
+
+def test_rows_are_experiments_and_tuning_is_left_out(study_tree):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", results.ResultsWarning)
+        table = results.accuracy_table(results.find_runs(study_tree))
+    got = table[["scheduler", "setting", "n_trials", "test_acc_mean"]].values.tolist()
+    assert got == [
+        ["constant", "", 3, 53.0],  # the only constant run: nothing to tell apart
+        # t_0 differs in the repeat, but a cosine run never reads it: still one experiment, 3 + 1 trials
+        ["cosine", "num_steps=10, t_max=469", 4, (71 + 73 + 75 + 77) / 4],
+        ["cosine", "num_steps=10, t_max=2345", 3, 63.0],
+        ["cosine", "num_steps=100, t_max=4690", 1, 84.0],
+    ]
+    assert table.loc[1, "trials"] == ("periodic_seed10/t0;fashion_mnist_T10_4bit_periodic/t0;"
+                                      "fashion_mnist_T10_4bit_periodic/t1;fashion_mnist_T10_4bit_periodic/t2")
+
+
+def test_tuning_folders_only_when_asked(study_tree):
+    tuned = results.accuracy_table(results.find_runs(study_tree, include_tuning=True))
+    assert len(tuned) == 6
+    assert set(tuned.setting) >= {"lr=0.01, num_steps=100, t_max=4690", "lr=0.001, num_steps=100, t_max=4690"}
+    # A study folder given as ROOT has no `tune` below it: tune.py's output_dir/exp_name still mark it.
+    with pytest.raises(UserError, match=r"under .*fmnist \(2 tune.py trial folder\(s\) skipped; add --include-tuning"):
+        results.find_runs(study_tree / "tune" / "fmnist")
+    assert len(results.find_runs(study_tree / "tune" / "fmnist", include_tuning=True)) == 2
+
+
+def test_extract_results_relative_to_cwd_prints_a_row_per_experiment(study_tree, monkeypatch, capsys):
+    monkeypatch.chdir(study_tree.parent)
+    assert extract_test_set_accuracy.main(["results", "--out", "tables/t.csv"]) == 0
+    assert (study_tree.parent / "tables" / "t.csv").is_file()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| dataset | precision | scheduler | setting | trials | epochs | best test acc per trial (%) "
+                        "| max (%) | mean ± std (%) | test acc at best val epoch, mean ± std (%) |")
+    assert lines[3] == ("| fashion_mnist | 4bit | cosine | num_steps=10, t_max=469 | 4 | 2 | 77.00, 71.00, 73.00, "
+                        "75.00 | 77.00 | 74.00 ± 2.58 |  |")
+    assert len(lines) == 2 + 4
+
+
+# ---------------------------------------------------------------- command-line robustness
+
+
+@pytest.mark.parametrize("script", [extract_test_set_accuracy, plot_results])
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_flags(script, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([flag])
+    assert exit_info.value.code == 0
+    assert "Relative paths (ROOT, --out) are taken from the current directory" in capsys.readouterr().out
+
+
+def test_bad_argument_is_one_line(tree, capsys):
+    assert plot_results.main([str(tree), "--window", "0"]) == 2
+    assert extract_test_set_accuracy.main([str(tree), "--nope"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: argument --window: must be at least 1, got 0 (see plot_results.py --help)",
+        "error: unrecognized arguments: --nope (see extract_test_set_accuracy.py --help)",
+    ]
+
+
+def test_unwritable_out_is_one_line_and_exit_2(tree, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (extract_test_set_accuracy, "/proc/nope/o.csv", "error: cannot write /proc/nope/o.csv: "),
+        (extract_test_set_accuracy, str(tmp_path), f"error: {tmp_path} is a folder; give the CSV file to write"),
+        (extract_test_set_accuracy, f"{a_file}/o.csv", f"error: cannot write {a_file}/o.csv: {a_file} is a file"),
+        (plot_results, f"{a_file}/figs", f"error: cannot write figures to {a_file}/figs: Not a directory"),
+        (plot_results, str(a_file), f"error: --out {a_file} is a file; give a folder for the figures"),
+        (plot_results, "/proc/nope", "error: cannot write figures to /proc/nope: "),
+    ]
+    for script, out, message in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", results.ResultsWarning)
+            assert script.main([str(tree), "--out", out]) == 2, out
+        captured = capsys.readouterr()
+        lines = [line for line in captured.err.splitlines() if not line.startswith("warning: ")]
+        assert len(lines) == 1 and lines[0].startswith(message), (out, lines)
+        assert captured.out == ""
+    assert a_file.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.parametrize("num_trials", [10**6, 10**9])
+def test_huge_num_trials_is_one_warning_and_no_allocation(tmp_path, num_trials):
+    folder = write_run(tmp_path, "mnist_4bit_cosine", "mnist", "cosine", [[50, 60], [70, 65]], num_bits=4,
+                       num_trials=num_trials)
+    start = time.perf_counter()
+    with pytest.warns(results.ResultsWarning) as record:
+        table = results.accuracy_table(results.find_runs(tmp_path))
+    assert time.perf_counter() - start < 5
+    assert [str(w.message) for w in record] == [
+        f"{folder}: config.json announces {num_trials} trials; {num_trials - 2} have no logs (t2, t3, t4, ...)"]
+    assert table.loc[0, "n_trials"] == 2
+
+
+# ---------------------------------------------------------------- efficiency columns and memory figure
+
+EFF_HEADER = ",".join(("epoch",) + results.EFF_COLUMNS)
+
+
+def write_eff(path, epochs, trial, weight_kib):
+    """Per-epoch efficiency log with values that encode epoch and trial (see the expected means)."""
+    rows = [f"{e},{e / 10 + trial / 100},{e / 20},0.05,{1000 * e + 10 * trial},{500 * e},{100 * e},1000000,"
+            f"{weight_kib},196.0" for e in range(1, epochs + 1)]
+    write_lines(path, EFF_HEADER, rows)
+
+
+@pytest.fixture()
+def eff_tree(tmp_path):
+    root = tmp_path / "eff"
+    for bits, accs, kib in ((4, [[80, 86, 84], [83, 82, 85]], 24.5), (8, [[88, 87], [86, 89]], 49.0)):
+        exp = f"fashion_mnist_{bits}bit_cosine"
+        folder = write_run(root, exp, "fashion_mnist", "cosine", accs, precision=f"{bits}bit", num_bits=bits)
+        for trial, trial_accs in enumerate(accs):
+            write_eff(folder / f"eff_{exp}_t{trial}.csv", len(trial_accs), trial, kib)
+    write_run(root, "fashion_mnist_fp32_cosine", "fashion_mnist", "cosine", [[90, 91]], precision="fp32")
+    return root
+
+
+def test_efficiency_at_each_trials_best_epoch(eff_tree):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", results.ResultsWarning)  # no eff file is not worth a warning
+        table = results.accuracy_table(results.find_runs(eff_tree)).set_index("precision")
+    # 4bit: t0 best at epoch 2, t1 at epoch 3 -> rate_conv1 (0.2 + 0.31) / 2, synops (2000 + 3010) / 2
+    # 8bit: t0 best at epoch 1, t1 at epoch 2 -> rate_conv1 (0.1 + 0.21) / 2, synops (1000 + 2010) / 2
+    expected = {"4bit": (0.255, 0.125, 0.05, 2505, 1250, 250, 1e6, 24.5, 196),
+                "8bit": (0.155, 0.075, 0.05, 1505, 750, 150, 1e6, 49.0, 196)}
+    for precision, values in expected.items():
+        assert table.loc[precision, list(results.EFF_COLUMNS)].tolist() == pytest.approx(values)
+    assert table.loc["fp32", list(results.EFF_COLUMNS)].isna().all()
+
+
+def test_efficiency_markdown(eff_tree, tmp_path, capsys):
+    assert extract_test_set_accuracy.main([str(eff_tree), "--out", str(tmp_path / "t.csv")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| spike rate conv1 / conv2 / fc | SynOps / sample | weights (KiB) |")
+    assert lines[2].endswith("| 91.00 ± n/a |  |  |  |  |")
+    assert lines[3].endswith("| 88.50 ± 0.71 |  | 0.155 / 0.075 / 0.050 | 1,505 | 49.0 |")
+    assert lines[4].endswith("| 85.50 ± 0.71 |  | 0.255 / 0.125 / 0.050 | 2,505 | 24.5 |")
+
+
+def test_accuracy_vs_memory_figure(eff_tree):
+    fig = plot_results.make_figures(results.find_runs(eff_tree), memory=True)["accuracy_vs_memory"]
+    (ax,) = fig.axes
+    points = [(c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0]) for c in ax.containers]
+    assert points == [(49.0, 88.5), (24.5, 85.5)]  # one point per row with weight_kib: 8bit, 4bit
+    bars = [c.lines[2][0].get_segments()[0] for c in ax.containers]
+    assert [y for lo, hi in bars for y in (lo[1], hi[1])] == pytest.approx(
+        [88.5 - 0.5**0.5, 88.5 + 0.5**0.5, 85.5 - 0.5**0.5, 85.5 + 0.5**0.5])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["8bit cosine (n=2)", "4bit cosine (n=2)"]
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["24.5", "49"]
+
+
+def test_plot_cli_headless_small_pngs_relative_out(eff_tree, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, str(REPO / "plot_results.py"), "eff", "--out", "figs", "--memory",
+                           "--lr"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    for stem in ("loss_curves", "test_accuracy", "accuracy_vs_memory"):
+        png = tmp_path / "figs" / f"{stem}.png"
+        assert 1000 < png.stat().st_size < 300_000
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / "figs" / f"{stem}.pdf").is_file()
+    assert proc.stdout.splitlines()[0] == "wrote figs/loss_curves.png"
+
+
+def test_efficiency_without_the_best_epoch_row_is_empty(tmp_path):
+    folder = write_run(tmp_path, "mnist_4bit_cosine", "mnist", "cosine", [[50, 60]], num_bits=4)
+    write_eff(folder / "eff_mnist_4bit_cosine_t0.csv", 1, 0, 24.5)  # epoch 1 only; the best epoch is 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", results.ResultsWarning)
+        table = results.accuracy_table(results.find_runs(tmp_path))
+    assert table.loc[0, list(results.EFF_COLUMNS)].isna().all()
+    assert "weights (KiB)" not in results.to_markdown(table)
