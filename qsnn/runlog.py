@@ -22,8 +22,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from .config import REPO_ROOT, precision_name, resolve_path
 from .errors import UserError
 
@@ -141,6 +139,8 @@ def write_text(path, text):
 
 def save_checkpoint(obj, path):
     """Atomically torch.save obj to path (timm's temp-file-then-replace)."""
+    import torch  # imported here: the results scripts use this module without needing torch
+
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -175,13 +175,22 @@ def git_commit():
         return None
 
 
+def device_name(device):
+    """The GPU's name, or the CPU's."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return platform.processor()
+
+
 def write_run_config(run_dir, cfg, device):
     """config.json: everything needed to know what produced the files beside it."""
     record = {
         "exp_name": experiment_name(cfg), "dataset": cfg["dataset"],
         "precision": precision_name(cfg["num_bits"]), "config": cfg,
         "versions": package_versions(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": device_name(device),
         "git_commit": git_commit(), "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
@@ -236,6 +245,8 @@ def load_checkpoint(path, required):
     Everything, RNG states included, stays on the CPU: torch.set_rng_state and Generator.set_state
     accept only CPU ByteTensors, and load_state_dict moves model and optimizer tensors where they belong.
     """
+    import torch
+
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, pickled code: torch raises many kinds
