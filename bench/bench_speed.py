@@ -62,8 +62,7 @@ def log(message):
 
 
 def _proc_status_kib(key):
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.MULTILINE).group(1))
+    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1))
 
 
 class PeakMemory:
@@ -428,6 +427,7 @@ def main():
     on_cuda = args.device.type == "cuda"
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # as qsnn.experiment sets it for training
+        torch.cuda.set_device(args.device.index or 0)  # the benchmark clock synchronises the current device
     cuda = f" | CUDA {torch.version.cuda}, cudnn.benchmark on" if on_cuda else ""
     header = (f"device: {device_description(args.device)} | torch {torch.__version__} | snntorch {snntorch.__version__}"
               f" | brevitas {brevitas.__version__}{cuda}"
