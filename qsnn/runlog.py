@@ -239,7 +239,10 @@ def update_status(run_dir, k, **fields):
     write_text(Path(run_dir) / "status.json", json.dumps({"trials": trials}, indent=2) + "\n")
 
 
-def load_checkpoint(path, required):
+RESUME_REMEDY = "delete it to redo that trial, or start again with --overwrite"
+
+
+def load_checkpoint(path, required, remedy=RESUME_REMEDY):
     """A checkpoint read on the CPU with weights_only=True (no code can run); UserError if damaged.
 
     Everything, RNG states included, stays on the CPU: torch.set_rng_state and Generator.set_state
@@ -250,12 +253,11 @@ def load_checkpoint(path, required):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, pickled code: torch raises many kinds
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); delete it to redo that "
-                        "trial, or start again with --overwrite") from None
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); {remedy}") from None
     missing = [key for key in required if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
         raise UserError(f"{path} is not the kind of checkpoint expected here (it lacks {', '.join(missing)}); "
-                        "delete it to redo that trial, or start again with --overwrite")
+                        f"{remedy}")
     return checkpoint
 
 

@@ -43,7 +43,7 @@ def test_training_loss_falls_and_every_output_is_written(tiny_config):
         first, last = (sum(float(r["loss"]) for r in loss if r["epoch"] == e) / 6 for e in ("1", "3"))
         assert last < 0.6 * first
         assert float(acc[-1]["test_acc"]) > 50  # ten classes: chance is 10%
-        best = torch.load(folder / f"mnist_4bit_cosine_t{k}.pt", weights_only=False)
+        best = torch.load(folder / f"mnist_4bit_cosine_t{k}.pt", weights_only=True)  # tensors and plain values
         assert best["test_acc"] == max(float(r["test_acc"]) for r in acc)
         assert "blocks.0.conv.weight" in best["model"]
         assert (folder / f"last_mnist_4bit_cosine_t{k}.pt").exists()
@@ -147,3 +147,20 @@ def test_root_scripts_read_what_training_writes(tiny_config, tmp_path):
     assert row["n_val_trials"] == "2"
     assert plot_results.main([str(runs), "--out", str(tmp_path / "figures"), "--lr"]) == 0
     assert (tmp_path / "figures" / "loss_curves.png").stat().st_size > 0
+
+
+def test_evaluate_py_reproduces_the_logged_accuracy_of_a_checkpoint(tiny_config, capsys):
+    import evaluate
+
+    run_experiment({**tiny_config, "epochs": 2})
+    folder = run_dir_of(tiny_config)
+    acc = read_csv(folder / "acc_mnist_4bit_cosine_t0.csv")
+    for name, logged in (("mnist_4bit_cosine_t0.pt", max(float(r["test_acc"]) for r in acc)),
+                         ("last_mnist_4bit_cosine_t0.pt", float(acc[-1]["test_acc"]))):
+        assert evaluate.main([str(folder / name), "--device", "cpu", "--test_batch_size", "7"]) == 0
+        out = capsys.readouterr().out
+        assert f"test accuracy: {logged:.2f}%" in out
+        rates = [float(line.split(": ")[1].split()[0]) for line in out.splitlines() if line.startswith("spike rate")]
+        assert len(rates) == 3 and all(0 < r < 1 for r in rates)
+    assert evaluate.main([str(folder / "acc_mnist_4bit_cosine_t0.csv")]) == 2
+    assert "is not a readable checkpoint" in capsys.readouterr().err
