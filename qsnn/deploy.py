@@ -388,7 +388,7 @@ def read_json(path, what):
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise UserError(f"{Path(path).parent} is not a run folder ({what} {path.name} is missing)") from None
+        raise UserError(f"{Path(path).parent} is not a run folder ({what}, {Path(path).name}, is missing)") from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} ({type(e).__name__}: {e})") from None
 
@@ -403,11 +403,6 @@ def best_trial(run_dir):
 
 def load_trial(run_dir, trial=None):
     """(config, model in eval mode, checkpoint facts) from the best checkpoint of a trial of a run folder."""
-    import torch
-
-    from . import runlog
-    from .models import build_model
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder")
@@ -416,6 +411,11 @@ def load_trial(run_dir, trial=None):
         raise UserError(f"{run_dir / 'config.json'} is not a run's config.json (no 'config' entry)")
     cfg = record["config"]
     check_supported_config(cfg)
+    import torch  # only now: refusals above need no torch
+
+    from . import runlog
+    from .models import build_model
+
     trial = best_trial(run_dir) if trial is None else trial
     path = runlog.trial_files(run_dir, record.get("exp_name") or runlog.experiment_name(cfg), trial)["best"]
     if not path.is_file():
@@ -545,7 +545,9 @@ def main(argv=None):
         bundle = load_bundle(args.bundle)
         widths = parse_widths(args.widths) if args.widths else [bundle.meta["membrane_bits"]]
         source = bundle.meta.get("source") or {}
-        cfg, model, _ = load_trial(source.get("run_dir", "?"), source.get("trial"))
+        if "run_dir" not in source:
+            raise UserError(f"{args.bundle}: the bundle does not name the run folder it was exported from")
+        cfg, model, _ = load_trial(source["run_dir"], source.get("trial"))
         options = {"headroom_bits": bundle.meta["headroom_bits"], "beta_shift": bundle.meta["beta_shift"]}
         print(f"weights: {weight_memory_bytes(bundle)} bytes as packed codes")
         print(width_report(model, cfg, widths, options, first=bundle, limit=args.limit))
