@@ -260,7 +260,8 @@ def load_bundle(path):
         with np.load(npz_path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"cannot read the bundle {npz_path.with_suffix('')}.{{npz,json}} ({type(e).__name__}: {e})") from None
+        raise UserError(f"cannot read the bundle {npz_path.with_suffix('')}.{{npz,json}} "
+                        f"({type(e).__name__}: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise UserError(f"{json_path} is not a {FORMAT} version {VERSION} file")
     for layer in meta["layers"]:
@@ -320,7 +321,8 @@ def layer_specs(model, input_info):
     """The real description of each layer (integer codes and float64 scales, gains, offsets) of a QSNN."""
     max_code = input_info["max_code"] if input_info["max_code"] is not None else 2 ** 15 - 1
     specs, scale, max_input = [], input_info["scale"], max_code
-    modules = [(block.conv, block.bn, True, "conv") for block in model.blocks] + [(model.head.fc, None, False, "linear")]
+    modules = [(block.conv, block.bn, True, "conv") for block in model.blocks]
+    modules.append((model.head.fc, None, False, "linear"))
     for layer, bn, pool, kind in modules:
         codes, weight_scale, bits = weight_codes(layer)
         gain, offset = batch_norm_affine(bn, len(codes))

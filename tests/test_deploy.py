@@ -2,9 +2,10 @@
 
 The exactness tests use the dyadic setting of tests/test_models.py (weights k * 2^-4 with the 4-bit
 scale exactly 2^-4, inputs on a 1/16 grid, beta 0.75, threshold 1) and make BatchNorm dyadic too
-(eps 0, running variances 1/4 or 4, gains +-1/2, +-1, +-2 with negative channels), so the float
+(eps 0, running variances 1/4 or 4, gammas +-1/2, +-1, +-2, some negative), so the float
 network computes exact real numbers (checked: float32 equals float64) and the integer network, with
-a 32-bit membrane (headroom 7 bits: no saturation), must give the same spikes in every layer and membranes equal to mem / unit.
+a 32-bit membrane (headroom 7 bits: no saturation), must give the same spikes in every layer and
+membranes equal to mem / unit.
 """
 import json
 import subprocess
@@ -98,11 +99,11 @@ def test_negative_bn_scale_channels_fire_as_in_pytorch():
 def test_lif_integer_by_hand():
     # W = 5 bits ([-16, 15]), theta = 6, beta = 3/4 (B = 3, b = 2): decay(M) = floor((3 M + 2) / 4).
     meta = {"membrane_bits": 5, "beta_multiplier": 3, "beta_shift": 2}
-    current = np.array([[4], [4], [4], [-40], [3]], np.int64)  # [T, N=1]; one channel per sample column
-    spikes, mems, saturated = deploy.lif_integer(current.reshape(5, 1, 1), [6], meta, record=True)
-    # t0: 4 | t1: floor(14/4)=3 +4 = 7 > 6 spike | t2: floor(23/4)=5 +4 -6 = 3
+    current = np.array([2, 5, 4, -40, 3], np.int64).reshape(5, 1, 1)  # [T, N=1, one channel]
+    spikes, mems, saturated = deploy.lif_integer(current, [6], meta, record=True)
+    # t0: 2 | t1: 0.75 * 2 = 1.5 rounds up to floor(8/4) = 2, +5 = 7 > 6: spike | t2: floor(23/4)=5 +4 -6 = 3
     # t3: floor(11/4)=2 -40 = -38 -> -16 (saturated) | t4: floor(-46/4)=-12 +3 = -9
-    assert mems.ravel().tolist() == [4, 7, 3, -16, -9]
+    assert mems.ravel().tolist() == [2, 7, 3, -16, -9]
     assert spikes.ravel().tolist() == [0, 1, 0, 0, 0]
     assert saturated == 1
 
