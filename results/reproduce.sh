@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Re-create every run in results/ with the project's own run.py files (CPU: about a day; GPU: minutes).
 #
-#   bash results/reproduce.sh DATA_DIR     # DATA_DIR/MNIST/raw/ holds the four MNIST files (.gz or not);
-#                                          # FashionMNIST from DATA_DIR/FashionMNIST/raw/ or Debian's
-#                                          # dataset-fashion-mnist package
+#   bash results/reproduce.sh DATA_DIR [paper|schedules]
+#
+# DATA_DIR/MNIST/raw/ holds the four MNIST files (.gz or not); FashionMNIST comes from
+# DATA_DIR/FashionMNIST/raw/ or Debian's dataset-fashion-mnist package. Without a part, both parts run;
+# the two parts can run at the same time (e.g. one process per core with OMP_NUM_THREADS=1).
 # Every command resumes: run it again after an interruption and finished work is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data}
+PART=${2:-all}
 OUT=${OUT:-results}
 
 # (a) The paper's exact configs (4-bit, T=100, batch 128, periodic cosine with t_max 4,690), one trial.
-for dataset in fashion_mnist mnist; do
-  python "$dataset/run.py" --data_dir "$DATA" --output_dir "$OUT/paper" --num_trials 1 --epochs 2 --resume
-done
+if [ "$PART" != schedules ]; then
+  for dataset in fashion_mnist mnist; do
+    python "$dataset/run.py" --data_dir "$DATA" --output_dir "$OUT/paper" --num_trials 1 --epochs 2 --resume
+  done
+fi
+[ "$PART" = paper ] && exit 0
 
 # (b) Does the periodic schedule help? FashionMNIST at reduced cost: T=10 steps, 5 epochs for every
 # schedule, 3 seeds. periodic: cosine falling to 0 over 1 epoch (469 iterations) and rising over the next,
