@@ -122,11 +122,13 @@ def test_state_levels_are_snntorchs_levels_and_dyadic(num_bits):
 
 
 @pytest.mark.parametrize("threshold", [1.0, 2.915, DYADIC_THRESHOLD])
-@pytest.mark.parametrize("num_bits", [1, 4, 8])
+@pytest.mark.parametrize("num_bits", [1, 4, 8, 12])
 def test_nearest_level_equals_snntorch_state_quant(num_bits, threshold):
     levels = state_levels(num_bits, threshold)
+    every = max(1, len(levels) // 256)  # snnTorch's quantizer holds inputs x levels distances
     midpoints = (levels[1:] + levels[:-1]) / 2  # ties: snnTorch takes the lower level
-    x = torch.cat([levels, midpoints, torch.randn(4000, generator=torch.Generator().manual_seed(0)) * 3,
+    x = torch.cat([levels[::every], midpoints[::every], levels[::every].nextafter(torch.tensor(9.0)),
+                   torch.randn(2000, generator=torch.Generator().manual_seed(0)) * 3,
                    torch.tensor([-1e4, -threshold - 1e-3, 1.2 * threshold + 1e-3, 1e4])])
     assert torch.equal(nearest_level(x, levels), snntorch_state_quant(num_bits, threshold)(x))
 
