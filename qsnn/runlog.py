@@ -38,6 +38,7 @@ def trial_files(run_dir, exp, k):
     """Paths of trial k's logs and checkpoints."""
     return {"loss": run_dir / f"loss_{exp}_t{k}.csv", "lr": run_dir / f"lr_{exp}_t{k}.csv",
             "acc": run_dir / f"acc_{exp}_t{k}.csv", "best": run_dir / f"{exp}_t{k}.pt",
+            "eff": run_dir / f"eff_{exp}_t{k}.csv",
             "last": run_dir / f"last_{exp}_t{k}.pt"}
 
 

@@ -15,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, runlog
+from .efficiency import COLUMNS as EFFICIENCY_COLUMNS
+from .efficiency import EfficiencyMeter
 from .models import build_model
 from .schedules import build_scheduler
 
@@ -73,24 +75,36 @@ def logged_loss(loss, num_steps):
     return loss if snntorch_loss_is_per_step() else loss / num_steps
 
 
-def run_network(model, x, num_steps):
-    """Output spikes [T, B, classes] for a batch of static images [B, C, H, W] or events [B, T, C, H, W]."""
+def run_network(model, x, num_steps, meter=None):
+    """Output spikes [T, B, classes] for a batch of static images [B, C, H, W] or events [B, T, C, H, W].
+
+    With an EfficiencyMeter, every layer's spikes of the same forward are counted too.
+    """
     if x.dim() == 5:
-        return model(x.transpose(0, 1))[0]  # [B, T, C, H, W] -> [T, B, C, H, W]
-    return model(x, num_steps=num_steps)[0]
+        x, num_steps = x.transpose(0, 1), None  # [B, T, C, H, W] -> [T, B, C, H, W]
+    if meter is None:
+        return model(x, num_steps=num_steps)[0]
+    layers = model(x, num_steps=num_steps, record=True)
+    meter.add(x, layers)
+    return layers[-1][0]
 
 
 @torch.no_grad()
-def evaluate(model, loader, num_steps, device):
-    """Accuracy in percent (snntorch accuracy_rate: class with most output spikes) over a loader."""
+def evaluate(model, loader, num_steps, device, meter=None):
+    """Accuracy in percent (snntorch accuracy_rate: class with most output spikes) over a loader.
+
+    `meter` (an EfficiencyMeter), if given, counts the spikes of this same pass.
+    """
     model.eval()
     correct, total = 0.0, 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if len(y):
-            correct += SF.accuracy_rate(run_network(model, x, num_steps), y) * len(y)
+            correct += SF.accuracy_rate(run_network(model, x, num_steps, meter), y) * len(y)
             total += len(y)
     correct, total = distributed.sum_over_ranks(correct, total, device=device)
+    if meter is not None:
+        meter.sum_over_ranks(device)
     return float(100.0 * correct / total)
 
 
@@ -157,8 +171,16 @@ class TrialState:
     loss_rows: list = field(default_factory=list)
     lr_rows: list = field(default_factory=list)
     acc_rows: list = field(default_factory=list)
+    eff_rows: list = field(default_factory=list)
 
-    def add_epoch(self, losses, lrs, accuracy_row):
+    def __post_init__(self):
+        # A checkpoint from before the eff log: its epochs were not measured (NaN), so the eff
+        # CSV keeps one row per acc row.
+        unmeasured = [math.nan] * (len(EFFICIENCY_COLUMNS) - 1)
+        missing = len(self.acc_rows) - len(self.eff_rows)
+        self.eff_rows = [(epoch, *unmeasured) for epoch in range(1, missing + 1)] + self.eff_rows
+
+    def add_epoch(self, losses, lrs, accuracy_row, efficiency_row):
         """Append one finished epoch's rows."""
         self.epoch += 1
         first = self.iteration + 1
@@ -166,12 +188,14 @@ class TrialState:
         self.lr_rows += [(self.epoch, first + i, v) for i, v in enumerate(lrs)]
         self.iteration += len(losses)
         self.acc_rows.append((self.epoch, *accuracy_row))
+        self.eff_rows.append((self.epoch, *efficiency_row))
 
     def write_logs(self, files, acc_header):
-        """Rewrite the three CSV logs (atomically)."""
+        """Rewrite the four CSV logs (atomically)."""
         runlog.write_csv(files["loss"], ("epoch", "iteration", "loss"), self.loss_rows)
         runlog.write_csv(files["lr"], ("epoch", "iteration", "lr"), self.lr_rows)
         runlog.write_csv(files["acc"], acc_header, self.acc_rows)
+        runlog.write_csv(files["eff"], EFFICIENCY_COLUMNS, self.eff_rows)
 
 
 def build_training(cfg, device):
@@ -213,11 +237,12 @@ def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=F
             losses, lrs = train_epoch(network, loaders["train"], optimizer, scheduler, loss_fn, cfg, device,
                                       epoch, should_stop)
             train_time = time.perf_counter() - start
-            test_acc = evaluate(model, loaders["test"], test_steps(cfg), device)
+            meter = EfficiencyMeter(model)
+            test_acc = evaluate(model, loaders["test"], test_steps(cfg), device, meter)
             val_acc = evaluate(model, loaders["val"], test_steps(cfg), device) if use_val else None
             score = val_acc if use_val else test_acc
             row = (test_acc, *((val_acc,) if use_val else ()), float(np.mean(losses)), round(train_time, 3))
-            state.add_epoch(losses, lrs, row)
+            state.add_epoch(losses, lrs, row, meter.row())
             improved = score > state.best_score
             if improved:
                 state.best_score, state.best_epoch = score, epoch
