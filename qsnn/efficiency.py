@@ -16,6 +16,9 @@ kernel, `qsnn.models.fold_avg_pool`):
   event frames (DVS) cost one multiply-accumulate (weight x event count) per nonzero input
   entry and connection it reaches, with the same border rule.
 - weight memory: conv/linear weights at their bit width, BatchNorm weight and bias at 32 bits.
+
+Counts are per test sample over all its time steps. Connections are structural: a weight that
+quantizes to zero still counts, as a dense accelerator would still visit it.
 """
 import torch
 import torch.nn.functional as F

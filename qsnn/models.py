@@ -9,6 +9,9 @@ Every layer is `conv (no bias) -> 2x2 avg-pool -> BatchNorm (optional) -> LIF`, 
   mode). Weights are quantized once per forward, each 2x2 average pool is folded into its
   convolution (a stride-2 conv with a 6x6 kernel), a static input's first layer is computed
   once, and the LIF recurrence runs in one autograd Function (`qsnn.neurons`).
+
+With `state_bits`, both executions quantize every membrane after each update to the levels of
+snnTorch's `state_quant` (the reference through `snn.Leaky(state_quant=...)`).
 """
 import logging
 

@@ -101,7 +101,8 @@ def test_weight_memory_by_hand(num_bits, batch_norm, bits):
 def test_evaluate_counts_the_spikes_of_its_own_pass():
     torch.manual_seed(0)
     net = tiny_net(threshold=0.1, batch_norm=False)
-    loader = [(torch.rand(3, 1, 16, 16) * 4, torch.tensor([0, 1, 2])), (torch.rand(2, 1, 16, 16) * 4, torch.tensor([3, 0]))]
+    loader = [(torch.rand(3, 1, 16, 16) * 4, torch.tensor([0, 1, 2])),
+              (torch.rand(2, 1, 16, 16) * 4, torch.tensor([3, 0]))]
     meter = EfficiencyMeter(net)
     accuracy = evaluate(net, loader, 5, torch.device("cpu"), meter)
     assert accuracy == evaluate(net, loader, 5, torch.device("cpu"))
