@@ -23,6 +23,7 @@ config = {
     "slope": 4.413,  # fast-sigmoid surrogate gradient slope
     "dropout": 0.203,  # dropout before the output layer
     "batch_norm": False,  # BatchNorm2d after each conv + pool
+    "state_bits": None,  # LIF membrane bit width (snnTorch state_quant, levels -thr..1.2 thr); None = float
     # loss and optimisation
     "correct_rate": 0.8,  # mse_count_loss: target firing rate of the correct class
     "incorrect_rate": 0.2,  # mse_count_loss: target firing rate of the other classes

@@ -15,7 +15,7 @@ from .errors import UserError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Keys that also accept None, with the type of their other values.
-NULLABLE = {"num_bits": int, "grad_clip": float, "weight_clip": float}
+NULLABLE = {"num_bits": int, "grad_clip": float, "weight_clip": float, "state_bits": int}
 CHOICES = {
     "dataset": ("mnist", "fashion_mnist", "digits", "dvs128_gesture"),
     "scheduler": ("cosine", "cosine_restarts", "cyclic", "step", "constant"),
@@ -189,6 +189,7 @@ def _range_checks():
         ("seed", lambda v: 0 <= v < 2**63, "within 0..2**63-1"),
         ("time_chunk", lambda v: v >= 0, ">= 0 (0 = all steps at once)"),
         ("num_bits", lambda v: v is None or 1 <= v <= 16, "None (full precision) or 1..16"),
+        ("state_bits", lambda v: v is None or 1 <= v <= 16, "None (float membranes) or 1..16"),
         ("grad_clip", lambda v: v is None or v > 0, "None (off) or > 0"),
         ("weight_clip", lambda v: v is None or v > 0, "None (off) or > 0"),
     ]

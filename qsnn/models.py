@@ -9,6 +9,9 @@ Every layer is `conv (no bias) -> 2x2 avg-pool -> BatchNorm (optional) -> LIF`, 
   mode). Weights are quantized once per forward, each 2x2 average pool is folded into its
   convolution (a stride-2 conv with a 6x6 kernel), a static input's first layer is computed
   once, and the LIF recurrence runs in one autograd Function (`qsnn.neurons`).
+
+With `state_bits`, both executions quantize every membrane after each update to the levels of
+snnTorch's `state_quant` (the reference through `snn.Leaky(state_quant=...)`).
 """
 import logging
 
@@ -23,7 +26,7 @@ from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
 from snntorch import surrogate
 from torch import nn
 
-from .neurons import lif_sequence
+from .neurons import lif_sequence, snntorch_state_quant, state_levels
 
 # Layer sizes per input kind: channels of the two conv layers, input side, classes.
 ARCHITECTURES = {
@@ -103,13 +106,14 @@ def _update_running_stats(bn, means, variances):
 class SpikingConvBlock(nn.Module):
     """conv 5x5 (no bias) -> avg-pool 2x2 -> BatchNorm (optional) -> LIF."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, num_bits, batch_norm, slope, neuron):
+    def __init__(self, in_channels, out_channels, kernel_size, num_bits, batch_norm, slope, neuron, levels=None):
         super().__init__()
         self.conv = quant_layer("conv", in_channels, out_channels, kernel_size, num_bits=num_bits)
         self.pool = nn.AvgPool2d(2)
         self.bn = nn.BatchNorm2d(out_channels) if batch_norm else None
         self.lif = snn.Leaky(**neuron)
         self.slope = slope
+        self.register_buffer("state_levels", levels, persistent=False)  # membrane levels, or None
 
     def step(self, x, mem):
         """Reference: one time step on x [B, C, H, W]; returns (spk, mem)."""
@@ -129,7 +133,7 @@ class SpikingConvBlock(nn.Module):
             current = conv_over_time(x, weight, time_chunk)
             if self.bn is not None:
                 current = batch_norm_over_time(current, self.bn)
-        return lif_sequence(current, self.lif.beta, self.lif.threshold, self.slope, num_steps)
+        return lif_sequence(current, self.lif.beta, self.lif.threshold, self.slope, num_steps, self.state_levels)
 
 
 def conv_over_time(x, weight, time_chunk):
@@ -145,12 +149,13 @@ def conv_over_time(x, weight, time_chunk):
 class SpikingHead(nn.Module):
     """flatten -> linear (no bias) -> dropout -> LIF: the output layer; its spikes vote for a class."""
 
-    def __init__(self, in_features, num_classes, num_bits, dropout, slope, neuron):
+    def __init__(self, in_features, num_classes, num_bits, dropout, slope, neuron, levels=None):
         super().__init__()
         self.fc = quant_layer("linear", in_features, num_classes, num_bits=num_bits)
         self.dropout = nn.Dropout(dropout)
         self.lif = snn.Leaky(**neuron)
         self.slope = slope
+        self.register_buffer("state_levels", levels, persistent=False)  # membrane levels, or None
 
     def step(self, x, mem):
         """Reference: one time step on x [B, ...]; returns (spk, mem)."""
@@ -159,7 +164,7 @@ class SpikingHead(nn.Module):
     def run(self, x):
         """Fast: all steps of x [T, B, ...] in one matmul."""
         current = self.dropout(F.linear(x.flatten(2), effective_weight(self.fc)))
-        return lif_sequence(current, self.lif.beta, self.lif.threshold, self.slope)
+        return lif_sequence(current, self.lif.beta, self.lif.threshold, self.slope, state_levels=self.state_levels)
 
 
 class QSNN(nn.Module):
@@ -167,16 +172,21 @@ class QSNN(nn.Module):
 
     def __init__(self, in_channels, channels, input_size, num_classes, num_bits=4, beta=0.9,
                  threshold=1.0, slope=25.0, dropout=0.0, batch_norm=True, kernel_size=5,
-                 execution="fast", time_chunk=0):
+                 execution="fast", time_chunk=0, state_bits=None):
         super().__init__()
         neuron = dict(beta=beta, threshold=threshold, spike_grad=surrogate.fast_sigmoid(slope=slope))
+        levels = None
+        if state_bits is not None:  # the reference quantizes with snnTorch, the fast one with its levels
+            neuron["state_quant"] = snntorch_state_quant(state_bits, threshold)
+            levels = state_levels(state_bits, threshold)
         side = input_size
         blocks, width = [], in_channels
         for out in channels:
-            blocks.append(SpikingConvBlock(width, out, kernel_size, num_bits, batch_norm, slope, neuron))
+            blocks.append(SpikingConvBlock(width, out, kernel_size, num_bits, batch_norm, slope, neuron,
+                                           None if levels is None else levels.clone()))
             side, width = (side - kernel_size + 1) // 2, out
         self.blocks = nn.ModuleList(blocks)
-        self.head = SpikingHead(width * side * side, num_classes, num_bits, dropout, slope, neuron)
+        self.head = SpikingHead(width * side * side, num_classes, num_bits, dropout, slope, neuron, levels)
         self.execution = execution
         self.time_chunk = time_chunk
 
@@ -220,4 +230,4 @@ def build_model(cfg):
     return QSNN(**ARCHITECTURES[kind], num_bits=cfg["num_bits"], beta=cfg["beta"],
                 threshold=cfg["threshold"], slope=cfg["slope"], dropout=cfg["dropout"],
                 batch_norm=cfg["batch_norm"], execution=cfg["execution"],
-                time_chunk=cfg["time_chunk"])
+                time_chunk=cfg["time_chunk"], state_bits=cfg.get("state_bits"))

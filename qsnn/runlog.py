@@ -6,6 +6,7 @@ Layout of `<output_dir>/<exp>/`:
     loss_<exp>_t<k>.csv    epoch, iteration, loss     (one row per training iteration)
     lr_<exp>_t<k>.csv      epoch, iteration, lr
     acc_<exp>_t<k>.csv     epoch, test_acc, [val_acc,] train_loss, train_time
+    eff_<exp>_t<k>.csv     epoch, rate_<layer>, synops[_<layer>], input_macs, weight_kib[_fp32]
     <exp>_t<k>.pt          best model of trial k
     last_<exp>_t<k>.pt     full training state after the last completed epoch (for --resume)
 """
@@ -96,6 +97,7 @@ def trial_files(run_dir, exp, k):
     """Paths of trial k's logs and checkpoints."""
     return {"loss": run_dir / f"loss_{exp}_t{k}.csv", "lr": run_dir / f"lr_{exp}_t{k}.csv",
             "acc": run_dir / f"acc_{exp}_t{k}.csv", "best": run_dir / f"{exp}_t{k}.pt",
+            "eff": run_dir / f"eff_{exp}_t{k}.csv",
             "last": run_dir / f"last_{exp}_t{k}.pt"}
 
 
@@ -262,12 +264,14 @@ def load_checkpoint(path, required, remedy=RESUME_REMEDY):
 
 
 class TrialLogs:
-    """A trial's CSV logs (loss and lr per iteration, one acc row per epoch), appended epoch by epoch."""
+    """A trial's CSV logs (loss and lr per iteration, one acc and one eff row per epoch), appended per epoch."""
 
     HEADERS = {"loss": ("epoch", "iteration", "loss"), "lr": ("epoch", "iteration", "lr")}
 
     def __init__(self, files, acc_header):
-        self.headers = {**self.HEADERS, "acc": tuple(acc_header)}
+        from .efficiency import COLUMNS  # the efficiency figures of each epoch's test pass
+
+        self.headers = {**self.HEADERS, "acc": tuple(acc_header), "eff": COLUMNS}
         self.paths = {kind: files[kind] for kind in self.headers}
 
     def start(self, completed_epochs):
@@ -279,12 +283,12 @@ class TrialLogs:
                 rows = [line for line in lines if line and int(line.split(",", 1)[0]) <= completed_epochs]
             write_text(path, "\n".join([",".join(self.headers[kind]), *rows]) + "\n")
 
-    def append_epoch(self, epoch, first_iteration, losses, lrs, acc_row):
+    def append_epoch(self, epoch, first_iteration, losses, lrs, acc_row, eff_row):
         """Append one epoch's rows to each file (flushed and fsynced); returns the old sizes for rollback."""
         sizes = {kind: path.stat().st_size for kind, path in self.paths.items()}
         rows = {"loss": [(epoch, first_iteration + i, v) for i, v in enumerate(losses)],
                 "lr": [(epoch, first_iteration + i, v) for i, v in enumerate(lrs)],
-                "acc": [(epoch, *acc_row)]}
+                "acc": [(epoch, *acc_row)], "eff": [(epoch, *eff_row)]}
         try:
             for kind, path in self.paths.items():
                 with open(path, "a") as f:

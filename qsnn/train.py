@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed, runlog
+from .efficiency import EfficiencyMeter
 from .errors import UserError
 from .models import build_model
 from .schedules import build_scheduler
@@ -86,24 +87,36 @@ def logged_loss(loss, num_steps):
     return loss if snntorch_loss_is_per_step() else loss / num_steps
 
 
-def run_network(model, x, num_steps):
-    """Output spikes [T, B, classes] for a batch of static images [B, C, H, W] or events [B, T, C, H, W]."""
+def run_network(model, x, num_steps, meter=None):
+    """Output spikes [T, B, classes] for a batch of static images [B, C, H, W] or events [B, T, C, H, W].
+
+    With an EfficiencyMeter, every layer's spikes of the same forward are counted too.
+    """
     if x.dim() == 5:
-        return model(x.transpose(0, 1))[0]  # [B, T, C, H, W] -> [T, B, C, H, W]
-    return model(x, num_steps=num_steps)[0]
+        x, num_steps = x.transpose(0, 1), None  # [B, T, C, H, W] -> [T, B, C, H, W]
+    if meter is None:
+        return model(x, num_steps=num_steps)[0]
+    layers = model(x, num_steps=num_steps, record=True)
+    meter.add(x, layers)
+    return layers[-1][0]
 
 
 @torch.no_grad()
-def evaluate(model, loader, num_steps, device):
-    """Accuracy in percent (snntorch accuracy_rate: class with most output spikes) over a loader."""
+def evaluate(model, loader, num_steps, device, meter=None):
+    """Accuracy in percent (snntorch accuracy_rate: class with most output spikes) over a loader.
+
+    `meter` (an EfficiencyMeter), if given, counts the spikes of this same pass.
+    """
     model.eval()
     correct, total = 0.0, 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if len(y):
-            correct += SF.accuracy_rate(run_network(model, x, num_steps), y) * len(y)
+            correct += SF.accuracy_rate(run_network(model, x, num_steps, meter), y) * len(y)
             total += len(y)
     correct, total = distributed.sum_over_ranks(correct, total, device=device)
+    if meter is not None:
+        meter.sum_over_ranks(device)
     return float(100.0 * correct / total)
 
 
@@ -249,9 +262,10 @@ def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=F
                                       trial.loss_fn, cfg, device, epoch, should_stop)
             train_time = time.perf_counter() - start
             distributed.broadcast_buffers(trial.model)  # every rank evaluates the model that is saved
-            test_acc = evaluate(trial.model, loaders["test"], test_steps(cfg), device)
+            meter = EfficiencyMeter(trial.model)
+            test_acc = evaluate(trial.model, loaders["test"], test_steps(cfg), device, meter)
             val_acc = evaluate(trial.model, loaders["val"], test_steps(cfg), device) if "val" in loaders else None
-            save_epoch(trial, losses, lrs, test_acc, val_acc, train_time, generator)
+            save_epoch(trial, losses, lrs, (test_acc, val_acc), meter.row(), train_time, generator)
             if on_epoch is not None:
                 on_epoch(epoch, test_acc if val_acc is None else val_acc)
     if trial.write:
@@ -279,13 +293,13 @@ def recording_outcome(trial):
         raise
 
 
-def save_epoch(trial, losses, lrs, test_acc, val_acc, train_time, generator):
+def save_epoch(trial, losses, lrs, accuracies, efficiency_row, train_time, generator):
     """Log a finished epoch, then checkpoint it, then mark it in status.json (rank 0 only).
 
     If the checkpoints cannot be written (disk full), the epoch's log rows are taken back, so that the
     logs, the resume checkpoint and status.json all still end at the previous epoch.
     """
-    s, epoch = trial.state, trial.state.epoch + 1
+    (test_acc, val_acc), s, epoch = accuracies, trial.state, trial.state.epoch + 1
     score = test_acc if val_acc is None else val_acc
     improved = score > s.best_score
     row = (test_acc, *(() if val_acc is None else (val_acc,)), float(np.mean(losses)), round(train_time, 3))
@@ -295,7 +309,7 @@ def save_epoch(trial, losses, lrs, test_acc, val_acc, train_time, generator):
         s.best_score, s.best_epoch = score, epoch
     if not trial.write:
         return
-    sizes = trial.logs.append_epoch(epoch, previous.iteration + 1, losses, lrs, row)
+    sizes = trial.logs.append_epoch(epoch, previous.iteration + 1, losses, lrs, row, efficiency_row)
     try:
         if improved:
             runlog.save_checkpoint(best_checkpoint(trial, epoch, test_acc, val_acc), trial.files["best"])

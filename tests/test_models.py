@@ -8,6 +8,10 @@ convolution is exact in float32: inputs and weights are small multiples of power
 recurrence use identical arithmetic in both executions, so spikes and membranes must be equal
 bit for bit; gradients and running statistics are summed in a different order and are compared
 with a float tolerance.
+
+With `state_bits` the membrane is quantized after every update. The tests then use the threshold
+1275/1024: snnTorch's levels span -thr .. 1.2 thr in 2^b - 1 steps of 2.2 thr / (2^b - 1), which
+for 1, 2, 4 and 8 bits is a multiple of 2^-10, so every level (and every midpoint) is dyadic.
 """
 import copy
 
@@ -19,9 +23,10 @@ import torch.nn.functional as F
 from snntorch import surrogate
 
 from qsnn.models import ARCHITECTURES, QSNN, build_model, effective_weight, fold_avg_pool
-from qsnn.neurons import lif_sequence
+from qsnn.neurons import lif_sequence, nearest_level, snntorch_state_quant, state_levels
 
 NEURON = dict(beta=0.75, threshold=1.0, slope=5.0)
+DYADIC_THRESHOLD = 1275 / 1024  # every state_quant level a multiple of 2^-10 at 1, 2, 4 and 8 bits
 
 
 def make_net(kind, num_bits, batch_norm=True, **kw):
@@ -81,39 +86,83 @@ def test_folded_pool_equals_conv_then_avg_pool():
     assert torch.allclose(F.conv2d(x, fold_avg_pool(w), stride=2), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("state_bits", [None, 2, 8])
 @pytest.mark.parametrize("static", [False, True])
-def test_lif_sequence_matches_snntorch_leaky_step_by_step(static):
+def test_lif_sequence_matches_snntorch_leaky_step_by_step(static, state_bits):
     torch.manual_seed(0)
     steps, beta, threshold, slope = 9, 0.9, 0.8, 3.0
     current = torch.randn((4, 5) if static else (steps, 4, 5), requires_grad=True)
-    leaky = snn.Leaky(beta=beta, threshold=threshold, spike_grad=surrogate.fast_sigmoid(slope=slope))
+    quant = dict(state_quant=snntorch_state_quant(state_bits, threshold)) if state_bits else {}
+    leaky = snn.Leaky(beta=beta, threshold=threshold, spike_grad=surrogate.fast_sigmoid(slope=slope), **quant)
     mem, spikes, mems = leaky.reset_mem(), [], []
     for t in range(steps):
         spk, mem = leaky(current if static else current[t], mem)
         spikes.append(spk)
         mems.append(mem)
     ref_spk, ref_mem = torch.stack(spikes), torch.stack(mems)
-    spk, mem = lif_sequence(current, leaky.beta, leaky.threshold, slope, steps if static else None)
+    levels = state_levels(state_bits, threshold) if state_bits else None
+    spk, mem = lif_sequence(current, leaky.beta, leaky.threshold, slope, steps if static else None, levels)
     assert torch.equal(spk, ref_spk) and torch.equal(mem, ref_mem)
+    if state_bits:
+        assert torch.isin(mem, levels).all() and ref_spk.sum() > 0
+    # Straight-through quantizer: the same analytic backward, on the quantized membranes.
     weights = torch.randn_like(ref_spk)
     (ref_grad,) = torch.autograd.grad((ref_spk * weights).sum() + ref_mem.pow(2).sum(), current)
     (grad,) = torch.autograd.grad((spk * weights).sum() + mem.pow(2).sum(), current)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
-def paired_nets(kind, num_bits, seed=0):
+@pytest.mark.parametrize("num_bits", [1, 2, 4, 8])
+def test_state_levels_are_snntorchs_levels_and_dyadic(num_bits):
+    levels = state_levels(num_bits, DYADIC_THRESHOLD)
+    assert len(levels) == 2**num_bits and (levels[1:] > levels[:-1]).all()
+    # Each level is its own nearest snnTorch level, so the 2^b distinct levels are snnTorch's 2^b.
+    assert torch.equal(snntorch_state_quant(num_bits, DYADIC_THRESHOLD)(levels), levels)
+    assert levels[0] == -DYADIC_THRESHOLD and torch.equal(levels * 1024, (levels * 1024).round())
+
+
+@pytest.mark.parametrize("threshold", [1.0, 2.915, DYADIC_THRESHOLD])
+@pytest.mark.parametrize("num_bits", [1, 4, 8, 12])
+def test_nearest_level_equals_snntorch_state_quant(num_bits, threshold):
+    levels = state_levels(num_bits, threshold)
+    every = max(1, len(levels) // 256)  # snnTorch's quantizer holds inputs x levels distances
+    midpoints = (levels[1:] + levels[:-1]) / 2  # ties: snnTorch takes the lower level
+    x = torch.cat([levels[::every], midpoints[::every], levels[::every].nextafter(torch.tensor(9.0)),
+                   torch.randn(2000, generator=torch.Generator().manual_seed(0)) * 3,
+                   torch.tensor([-1e4, -threshold - 1e-3, 1.2 * threshold + 1e-3, 1e4])])
+    assert torch.equal(nearest_level(x, levels), snntorch_state_quant(num_bits, threshold)(x))
+
+
+def test_huge_membranes_fall_back_to_snntorch_quantizer():
+    # Far outside the levels float32 distances tie and snnTorch's argmin picks a low level.
+    current = torch.tensor([[1e7, 3e7, 0.5]])
+    leaky = snn.Leaky(beta=0.5, threshold=1.0, state_quant=snntorch_state_quant(8, 1.0))
+    _, expected = leaky(current[0], leaky.reset_mem())
+    assert not torch.equal(nearest_level(current[0], state_levels(8, 1.0)), expected)  # the case is real
+    _, mem = lif_sequence(current, leaky.beta, leaky.threshold, 5.0, state_levels=state_levels(8, 1.0))
+    assert torch.equal(mem[0], expected)
+
+
+def paired_nets(kind, num_bits, seed=0, state_bits=None):
     generator = torch.Generator().manual_seed(seed)
-    reference = make_net(kind, num_bits)
+    quant = dict(state_bits=state_bits, threshold=DYADIC_THRESHOLD) if state_bits else {}
+    reference = make_net(kind, num_bits, **quant)
     dyadic_weights_(reference, generator)
     fast = copy.deepcopy(reference)
     reference.execution = "reference"
     return reference, fast, generator
 
 
+def assert_membranes_on_levels(net, layers):
+    levels = net.head.state_levels
+    if levels is not None:
+        assert all(torch.isin(mem, levels).all() for _, mem in layers)
+
+
 @pytest.mark.parametrize("kind", ["image", "event"])
-@pytest.mark.parametrize("num_bits", [None, 4])
-def test_fast_equals_reference_in_eval_mode(kind, num_bits):
-    reference, fast, generator = paired_nets(kind, num_bits)
+@pytest.mark.parametrize("num_bits, state_bits", [(None, None), (4, None), (None, 8), (4, 4), (4, 8)])
+def test_fast_equals_reference_in_eval_mode(kind, num_bits, state_bits):
+    reference, fast, generator = paired_nets(kind, num_bits, state_bits=state_bits)
     x, steps = dyadic_input(kind, generator)
     with torch.no_grad():
         ref_layers = reference.eval()(x, steps, record=True)
@@ -121,12 +170,13 @@ def test_fast_equals_reference_in_eval_mode(kind, num_bits):
     for (ref_spk, ref_mem), (spk, mem) in zip(ref_layers, fast_layers):
         assert ref_spk.sum() > 0  # the comparison means something only if neurons fire
         assert torch.equal(spk, ref_spk) and torch.equal(mem, ref_mem)
+    assert_membranes_on_levels(fast, fast_layers)
 
 
 @pytest.mark.parametrize("kind", ["image", "event"])
-@pytest.mark.parametrize("num_bits", [None, 4])
-def test_fast_equals_reference_in_training_mode(kind, num_bits):
-    reference, fast, generator = paired_nets(kind, num_bits, seed=1)
+@pytest.mark.parametrize("num_bits, state_bits", [(None, None), (4, None), (None, 8), (4, 4), (4, 8)])
+def test_fast_equals_reference_in_training_mode(kind, num_bits, state_bits):
+    reference, fast, generator = paired_nets(kind, num_bits, seed=1, state_bits=state_bits)
     x, steps = dyadic_input(kind, generator)
     labels = torch.randint(0, ARCHITECTURES[kind]["num_classes"], (x.shape[-4],), generator=generator)
     loss_fn = SF.mse_count_loss(correct_rate=0.8, incorrect_rate=0.2)
@@ -141,6 +191,7 @@ def test_fast_equals_reference_in_training_mode(kind, num_bits):
     assert fast_loss == ref_loss
     for (ref_spk, ref_mem), (spk, mem) in zip(ref_layers, fast_layers):
         assert torch.equal(spk, ref_spk) and torch.equal(mem, ref_mem)
+    assert_membranes_on_levels(fast, fast_layers)
     for (name, p_ref), (_, p_fast) in zip(reference.named_parameters(), fast.named_parameters()):
         assert p_ref.grad.abs().sum() > 0, name
         torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
