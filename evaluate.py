@@ -1,4 +1,4 @@
-"""Evaluate a saved QSNN checkpoint on its dataset's test set: accuracy and spike rate per layer.
+"""Evaluate a saved QSNN checkpoint on its test set: accuracy, spike rate per layer, SynOps, weight memory.
 
     python evaluate.py runs/mnist_4bit_cosine/mnist_4bit_cosine_t0.pt          # best model of trial 0
     python evaluate.py runs/mnist_4bit_cosine/last_mnist_4bit_cosine_t0.pt     # state after the last epoch
@@ -43,14 +43,15 @@ def test_config(saved, args):
 
 
 def evaluate_checkpoint(path, args):
-    """(config, accuracy in percent, {layer: spikes per neuron per step}) of a checkpoint on its test set."""
+    """(config, accuracy in percent, efficiency figures as in an eff CSV) of a checkpoint on its test set."""
     import torch
 
     from qsnn import runlog
     from qsnn.data import make_loaders
     from qsnn.experiment import resolve_device
     from qsnn.models import build_model
-    from qsnn.train import test_steps
+    from qsnn.efficiency import COLUMNS, EfficiencyMeter
+    from qsnn.train import evaluate, test_steps
 
     if not Path(path).is_file():
         raise UserError(f"{path} does not exist; give a checkpoint such as runs/<exp>/<exp>_t0.pt")
@@ -64,44 +65,27 @@ def evaluate_checkpoint(path, args):
     except RuntimeError:
         raise UserError(f"{path}: its weights do not fit the network its config describes") from None
     loaders = make_loaders(cfg, device, torch.Generator())
-    accuracy, rates = layer_spike_rates(model, loaders["test"], test_steps(cfg), device)
-    return cfg, accuracy, rates
-
-
-def layer_spike_rates(model, loader, num_steps, device):
-    """Accuracy in percent and each layer's spikes per neuron per time step over a loader."""
-    import snntorch.functional as SF
-    import torch
-
-    model.eval()
-    correct = total = 0
-    spikes, slots = None, None
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            layers = model(x.transpose(0, 1), record=True) if x.dim() == 5 else model(x, num_steps, record=True)
-            counts = [spk.sum().item() for spk, _ in layers]
-            sizes = [spk.numel() for spk, _ in layers]
-            spikes = counts if spikes is None else [a + b for a, b in zip(spikes, counts)]
-            slots = sizes if slots is None else [a + b for a, b in zip(slots, sizes)]
-            correct += SF.accuracy_rate(layers[-1][0], y) * len(y)
-            total += len(y)
-    names = ["conv1", "conv2", "fc"]
-    return 100.0 * correct / total, {name: s / n for name, s, n in zip(names, spikes, slots)}
+    meter = EfficiencyMeter(model)
+    accuracy = evaluate(model, loaders["test"], test_steps(cfg), device, meter)
+    return cfg, accuracy, dict(zip(COLUMNS[1:], meter.row()))
 
 
 def main(argv=None):
     args = parse(argv)
     try:
-        cfg, accuracy, rates = evaluate_checkpoint(args.checkpoint, args)
+        cfg, accuracy, figures = evaluate_checkpoint(args.checkpoint, args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     print(f"{args.checkpoint}: {cfg['dataset']}, {cfg['num_bits'] or 32}-bit weights, "
           f"{cfg.get('num_steps_test', cfg.get('num_steps'))} steps")
     print(f"test accuracy: {accuracy:.2f}%")
-    for name, rate in rates.items():
-        print(f"spike rate {name}: {rate:.4f} spikes per neuron per step")
+    for name, value in figures.items():
+        if name.startswith("rate_"):
+            print(f"spike rate {name[5:]}: {value:.4f} spikes per neuron per step")
+    print(f"synaptic operations per sample: {figures['synops']:,.0f} (first layer: "
+          f"{figures['input_macs']:,.0f} multiply-accumulates)")
+    print(f"weight memory: {figures['weight_kib']:.2f} KiB ({figures['weight_kib_fp32']:.2f} KiB in fp32)")
     return 0
 
 

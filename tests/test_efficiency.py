@@ -1,6 +1,5 @@
 """Efficiency figures: border fan-out, rates and SynOps on hand-made spikes, weight memory, the eff CSV."""
 import csv
-import math
 
 import pytest
 import torch
