@@ -26,6 +26,7 @@ from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
 from snntorch import surrogate
 from torch import nn
 
+from .errors import UserError
 from .neurons import lif_sequence, snntorch_state_quant, state_levels
 
 # Layer sizes per input kind: channels of the two conv layers, input side, classes.
@@ -106,13 +107,12 @@ def _update_running_stats(bn, means, variances):
 class SpikingConvBlock(nn.Module):
     """conv 5x5 (no bias) -> avg-pool 2x2 -> BatchNorm (optional) -> LIF."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, num_bits, batch_norm, slope, neuron, levels=None):
+    def __init__(self, in_channels, out_channels, kernel_size, num_bits, batch_norm, neuron, levels=None):
         super().__init__()
         self.conv = quant_layer("conv", in_channels, out_channels, kernel_size, num_bits=num_bits)
         self.pool = nn.AvgPool2d(2)
         self.bn = nn.BatchNorm2d(out_channels) if batch_norm else None
         self.lif = snn.Leaky(**neuron)
-        self.slope = slope
         self.register_buffer("state_levels", levels, persistent=False)  # membrane levels, or None
 
     def step(self, x, mem):
@@ -122,7 +122,7 @@ class SpikingConvBlock(nn.Module):
             current = self.bn(current)
         return self.lif(current, mem)
 
-    def run(self, x, num_steps=None, time_chunk=0):
+    def run(self, x, slope, num_steps=None, time_chunk=0):
         """Fast: all steps of x [T, B, C, H, W], or of a static x [B, C, H, W] repeated num_steps times."""
         weight = fold_avg_pool(effective_weight(self.conv))
         if num_steps is not None:
@@ -133,7 +133,7 @@ class SpikingConvBlock(nn.Module):
             current = conv_over_time(x, weight, time_chunk)
             if self.bn is not None:
                 current = batch_norm_over_time(current, self.bn)
-        return lif_sequence(current, self.lif.beta, self.lif.threshold, self.slope, num_steps, self.state_levels)
+        return lif_sequence(current, self.lif.beta, self.lif.threshold, slope, num_steps, self.state_levels)
 
 
 def conv_over_time(x, weight, time_chunk):
@@ -149,22 +149,21 @@ def conv_over_time(x, weight, time_chunk):
 class SpikingHead(nn.Module):
     """flatten -> linear (no bias) -> dropout -> LIF: the output layer; its spikes vote for a class."""
 
-    def __init__(self, in_features, num_classes, num_bits, dropout, slope, neuron, levels=None):
+    def __init__(self, in_features, num_classes, num_bits, dropout, neuron, levels=None):
         super().__init__()
         self.fc = quant_layer("linear", in_features, num_classes, num_bits=num_bits)
         self.dropout = nn.Dropout(dropout)
         self.lif = snn.Leaky(**neuron)
-        self.slope = slope
         self.register_buffer("state_levels", levels, persistent=False)  # membrane levels, or None
 
     def step(self, x, mem):
         """Reference: one time step on x [B, ...]; returns (spk, mem)."""
         return self.lif(self.dropout(self.fc(x.flatten(1))), mem)
 
-    def run(self, x):
+    def run(self, x, slope):
         """Fast: all steps of x [T, B, ...] in one matmul."""
         current = self.dropout(F.linear(x.flatten(2), effective_weight(self.fc)))
-        return lif_sequence(current, self.lif.beta, self.lif.threshold, self.slope, state_levels=self.state_levels)
+        return lif_sequence(current, self.lif.beta, self.lif.threshold, slope, state_levels=self.state_levels)
 
 
 class QSNN(nn.Module):
@@ -174,7 +173,9 @@ class QSNN(nn.Module):
                  threshold=1.0, slope=25.0, dropout=0.0, batch_norm=True, kernel_size=5,
                  execution="fast", time_chunk=0, state_bits=None):
         super().__init__()
-        neuron = dict(beta=beta, threshold=threshold, spike_grad=surrogate.fast_sigmoid(slope=slope))
+        self.slope = slope  # the one copy: the fast LIF's backward and the reference's surrogate both use it
+        self.spike_grad = surrogate.fast_sigmoid(slope=slope)
+        neuron = dict(beta=beta, threshold=threshold, spike_grad=self.spike_grad)
         levels = None
         if state_bits is not None:  # the reference quantizes with snnTorch, the fast one with its levels
             neuron["state_quant"] = snntorch_state_quant(state_bits, threshold)
@@ -182,11 +183,11 @@ class QSNN(nn.Module):
         side = input_size
         blocks, width = [], in_channels
         for out in channels:
-            blocks.append(SpikingConvBlock(width, out, kernel_size, num_bits, batch_norm, slope, neuron,
+            blocks.append(SpikingConvBlock(width, out, kernel_size, num_bits, batch_norm, neuron,
                                            None if levels is None else levels.clone()))
             side, width = (side - kernel_size + 1) // 2, out
         self.blocks = nn.ModuleList(blocks)
-        self.head = SpikingHead(width * side * side, num_classes, num_bits, dropout, slope, neuron, levels)
+        self.head = SpikingHead(width * side * side, num_classes, num_bits, dropout, neuron, levels)
         self.execution = execution
         self.time_chunk = time_chunk
 
@@ -216,12 +217,33 @@ class QSNN(nn.Module):
         return [(torch.stack(spk), torch.stack(mem)) for spk, mem in record]
 
     def _run_fast(self, x, num_steps):
+        problems = self.unsupported_by_fast()
+        if problems:
+            raise UserError(f"the fast execution does not implement {'; '.join(problems)}; "
+                            "use execution='reference'")
         layers, out = [], x
         for i, block in enumerate(self.blocks):
-            out, mem = block.run(out, num_steps if i == 0 else None, self.time_chunk)
+            out, mem = block.run(out, self.slope, num_steps if i == 0 else None, self.time_chunk)
             layers.append((out, mem))
-        layers.append(self.head.run(out))
+        layers.append(self.head.run(out, self.slope))
         return layers
+
+    def unsupported_by_fast(self):
+        """Neuron settings (changed after construction) that the fast LIF would silently ignore."""
+        problems = []
+        for name, module in [*((f"blocks.{i}", b) for i, b in enumerate(self.blocks)), ("head", self.head)]:
+            lif = module.lif
+            if lif.reset_mechanism != "subtract" or not lif.reset_delay:
+                problems.append(f"{name}: reset_mechanism={lif.reset_mechanism!r}, reset_delay={lif.reset_delay}")
+            if lif.spike_grad is not self.spike_grad:
+                problems.append(f"{name}: a surrogate other than fast_sigmoid(slope={self.slope})")
+            if isinstance(lif.beta, nn.Parameter) or isinstance(lif.threshold, nn.Parameter):
+                problems.append(f"{name}: learnable beta or threshold")
+            if lif.inhibition or float(lif.graded_spikes_factor) != 1.0:
+                problems.append(f"{name}: inhibition or graded spikes")
+            if bool(lif.state_quant) != (module.state_levels is not None):
+                problems.append(f"{name}: a state quantizer other than state_bits'")
+        return problems
 
 
 def build_model(cfg):

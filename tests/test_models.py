@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from snntorch import surrogate
 
 from qsnn.equivalence import compare_executions
+from qsnn.errors import UserError
 from qsnn.models import ARCHITECTURES, QSNN, build_model, effective_weight, fold_avg_pool
 from qsnn.neurons import lif_sequence, nearest_level, snntorch_state_quant, state_levels
 
@@ -202,3 +203,17 @@ def test_real_valued_inputs_agree_up_to_rounding():
     assert ((ref_mem[flipped] - 1.0).abs() < 1e-4).all()
     if not flipped.any():
         torch.testing.assert_close(mem, ref_mem, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda lif: setattr(lif, "reset_mechanism", "zero"), "reset_mechanism='zero'"),
+    (lambda lif: setattr(lif, "spike_grad", surrogate.atan()), "a surrogate other than fast_sigmoid"),
+    (lambda lif: setattr(lif, "beta", torch.nn.Parameter(lif.beta.clone())), "learnable beta"),
+])
+def test_fast_execution_refuses_neuron_settings_it_does_not_implement(change, words):
+    net = make_net("image", 4)
+    change(net.blocks[1].lif)
+    with pytest.raises(UserError, match=f"fast execution does not implement blocks.1: .*{words}"):
+        net(torch.rand(2, 1, 28, 28), num_steps=3)
+    net.execution = "reference"
+    assert net(torch.rand(2, 1, 28, 28), num_steps=3)[0].shape == (3, 2, 10)  # the reference runs them
