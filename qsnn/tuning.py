@@ -289,8 +289,8 @@ def make_objective(base, space, device, received):
             # A diverging setting is a bad one, not a broken study: prune it so TPE learns to avoid it.
             raise optuna.TrialPruned(str(e)) from None
         except StopRequested:
-            raise Interrupted(f"stopped by {received[0]} in Optuna trial {trial.number} (marked failed); {KEPT}") \
-                from None
+            stopped = f"stopped by {received[0]} in Optuna trial {trial.number} (marked failed); {KEPT}"
+            raise Interrupted(stopped) from None
         trial.set_user_attr("best_epoch", state.best_epoch)
         return state.best_score
 

@@ -169,6 +169,19 @@ def test_ctrl_c_fails_the_running_trial_and_a_rerun_continues(tmp_path, monkeypa
     assert "best trial 3" in capsys.readouterr().out
 
 
+def test_a_hard_killed_workers_trial_stops_counting(tmp_path, monkeypatch, no_data):
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)  # Optuna fails a RUNNING trial whose heartbeat is > 3 s old
+    url = f"sqlite:///{tmp_path / 'tune' / 'killed.db'}"
+    storage = tuning.open_storage(url, create=True)
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna expects heartbeats from optimize, not ask
+        abandoned = optuna.create_study(study_name="killed", storage=storage, direction="maximize").ask()
+    storage.record_heartbeat(abandoned._trial_id)  # then its worker dies: no more heartbeats
+    time.sleep(4.2)  # > 3 s even where the database keeps whole seconds (SQLite)
+    monkeypatch.setattr("qsnn.train.run_trial", fake_trainer(lambda n: 50.0))
+    assert tuning.main(tune_argv(tmp_path, "killed", "--n-trials", "1", "--epochs", "1")) == 0
+    assert states(load(tmp_path, "killed")) == ["FAIL", "COMPLETE"]
+
+
 def one_error_line(capsys):
     """stderr of the last call, which must be exactly one 'error: ...' line."""
     lines = capsys.readouterr().err.strip().splitlines()
