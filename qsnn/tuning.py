@@ -217,7 +217,8 @@ def open_storage(url, create):
         raise UserError(f"cannot open --storage {shown}: the driver {module} is not installed: "
                         f"pip install {DRIVER_PACKAGES.get(module, module)}{hint}") from None
     except (OSError, ValueError, sqlalchemy.exc.SQLAlchemyError) as e:
-        reason = getattr(e, "strerror", None) or str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        reason = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) else \
+            str(getattr(e, "orig", None) or e).strip().splitlines()[0]  # SQLAlchemy's adds a background link
         raise UserError(f"cannot open --storage {shown}: {reason}") from None
 
 
@@ -321,12 +322,12 @@ def optimize(study, trial_base, space, n_trials):
     device = resolve_device(trial_base["device"])
     keep_freed_memory()  # as training does (see qsnn/memory.py)
     logger = logging.getLogger("optuna.study._optimize")
-    logger.addFilter(hide_interrupt_traceback)
     with stop_on_signals() as received:
         def stop_on_signal(study, trial):
             if received:  # the signal came after the trial's last epoch: stop before the next one
                 study.stop()
 
+        logger.addFilter(hide_interrupt_traceback)
         try:
             study.optimize(make_objective(trial_base, space, device, received),
                            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=counted), stop_on_signal])
