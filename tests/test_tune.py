@@ -77,7 +77,7 @@ def test_each_trial_logs_validation_accuracy_in_its_run_folder(demo_study):
     for trial in load(root, "demo").trials:
         run_dir = Path(trial.user_attrs["run_dir"])
         assert run_dir == root / "tune" / "demo" / f"trial_{trial.number}"
-        header = (run_dir / f"acc_trial_{trial.number}_t0.csv").read_text().splitlines()[0]
+        header = (run_dir / f"acc_trial_{trial.number}_t{trial.number}.csv").read_text().splitlines()[0]
         assert "val_acc" in header.split(",")
         assert json.loads((run_dir / "config.json").read_text())["config"]["val_split"] == 0.1
 
@@ -107,6 +107,9 @@ def test_two_workers_share_one_study(tmp_path):
            for out, _ in outputs]
     assert all(ran), "each worker should have run a trial"
     assert ran[0].isdisjoint(ran[1]) and ran[0] | ran[1] == {0, 1}
+    for numbers, (out, _) in zip(ran, outputs):  # each trial's epoch lines carry its study trial number
+        assert {int(line.split()[1]) for line in out.splitlines() if " epoch " in line and line.startswith("trial ")} \
+            == numbers
     assert states(load(tmp_path, "shared")) == ["COMPLETE", "COMPLETE"]
 
 
@@ -119,6 +122,7 @@ def fake_trainer(score_of, interrupt_trial=None):
 
     def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=False, on_epoch=None):
         number = int(cfg["exp_name"].split("_")[1])
+        assert k == number and run_dir.name == f"trial_{number}"  # lines and files name the study's trial
         if number == interrupt_trial:
             os.kill(os.getpid(), signal.SIGINT)
             for _ in range(200):
@@ -145,7 +149,7 @@ def test_poor_trials_are_pruned_and_count_towards_n_trials(tmp_path, monkeypatch
     assert tuning.main(argv) == 0
     assert states(load(tmp_path, "prune")) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
     status = json.loads((tmp_path / "tune" / "prune" / "trial_2" / "status.json").read_text())
-    assert status["trials"]["0"]["reason"] == "pruned"
+    assert status["trials"]["2"]["reason"] == "pruned"
     assert "2 complete, 2 pruned" in capsys.readouterr().out
 
 
@@ -165,6 +169,19 @@ def test_ctrl_c_fails_the_running_trial_and_a_rerun_continues(tmp_path, monkeypa
     assert "best trial 3" in capsys.readouterr().out
 
 
+def test_a_hard_killed_workers_trial_stops_counting(tmp_path, monkeypatch, no_data):
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)  # Optuna fails a RUNNING trial whose heartbeat is > 3 s old
+    url = f"sqlite:///{tmp_path / 'tune' / 'killed.db'}"
+    storage = tuning.open_storage(url, create=True)
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna expects heartbeats from optimize, not ask
+        abandoned = optuna.create_study(study_name="killed", storage=storage, direction="maximize").ask()
+    storage.record_heartbeat(abandoned._trial_id)  # then its worker dies: no more heartbeats
+    time.sleep(4.2)  # > 3 s even where the database keeps whole seconds (SQLite)
+    monkeypatch.setattr("qsnn.train.run_trial", fake_trainer(lambda n: 50.0))
+    assert tuning.main(tune_argv(tmp_path, "killed", "--n-trials", "1", "--epochs", "1")) == 0
+    assert states(load(tmp_path, "killed")) == ["FAIL", "COMPLETE"]
+
+
 def one_error_line(capsys):
     """stderr of the last call, which must be exactly one 'error: ...' line."""
     lines = capsys.readouterr().err.strip().splitlines()
@@ -181,7 +198,8 @@ def test_bad_dataset_exits_2_with_one_line():
 
 @pytest.mark.parametrize("spec", ["lr", "lr=abc:1", "lr=1e-3", "nokey=1:2", "beta=0.9:0.5", "lr=0:1:log",
                                   "lr=1e-4:1e-2:ln", "beta=0.5:2", "dropout=0:1", "epochs=1:5", "scheduler=1:2",
-                                  "num_steps=2.5:8"])
+                                  "num_steps=2.5:8", "lr=1e-4:inf:log", "lr=nan:1e-2", "beta=0.5:nan",
+                                  "lr=1e-4:1e999", "num_steps=2:inf", "lr=0.01,nan", "beta=-inf:0.9"])
 def test_bad_range_exits_2_with_one_line(tmp_path, spec, capsys):
     assert tuning.main(tune_argv(tmp_path, "bad", "--range", spec)) == 2
     assert spec in one_error_line(capsys)
@@ -190,10 +208,58 @@ def test_bad_range_exits_2_with_one_line(tmp_path, spec, capsys):
 
 @pytest.mark.parametrize("extra", [["--val-split", "0"], ["--set", "epochs=3"], ["--set", "nokey=1"],
                                    ["--set", "lr=0.01", "--range", "lr=1e-4:1e-2"], ["--epochs", "x"],
-                                   ["--study", "a/b"]])
+                                   ["--study", "a/b"], ["--set", "lr=inf"], ["--set", "lr=nan"],
+                                   ["--set", "lr=1e999"], ["--set", "beta=-1e999"]])
 def test_other_mistakes_exit_2_with_one_line(tmp_path, extra, capsys):
     assert tuning.main(tune_argv(tmp_path, "bad", *extra)) == 2
     one_error_line(capsys)
+    assert not (tmp_path / "tune" / "bad.db").exists()
+
+
+@pytest.mark.parametrize("storage, blocked, says", [
+    ("sqlite:////proc/q/x.db", None, "cannot open --storage sqlite:////proc/q/x.db: No such file or directory"),
+    ("sqlite:////proc/x.db", None, "cannot open --storage sqlite:////proc/x.db: unable to open database file"),
+    ("not a url", None, "cannot open --storage not a url: Could not parse SQLAlchemy URL"),
+    ("nosuchdb://h/x", None, "cannot open --storage nosuchdb://h/x: Can't load plugin"),
+    ("postgresql+psycopg2://me:secret@127.0.0.1:1/qsnn", "psycopg2",
+     "cannot open --storage postgresql+psycopg2://me:***@127.0.0.1:1/qsnn: the driver psycopg2 is not installed: "
+     "pip install psycopg2-binary"),
+    ("postgresql+pg8000://h/x", "pg8000", "the driver pg8000 is not installed: pip install pg8000, or pip install "
+     "psycopg2-binary and write postgresql+psycopg2://..."),
+    ("mysql://h/x", "MySQLdb", "the driver MySQLdb is not installed: pip install mysqlclient")])
+def test_storage_that_cannot_be_opened_exits_2_with_one_line(tmp_path, monkeypatch, capsys, storage, blocked, says):
+    if blocked:
+        monkeypatch.setitem(sys.modules, blocked, None)  # as if the driver were not installed
+    assert tuning.main(tune_argv(tmp_path, "bad", "--storage", storage)) == 2
+    assert says in one_error_line(capsys)
+
+
+def test_default_postgresql_driver_missing_names_both_fixes(tmp_path, monkeypatch, capsys):
+    from sqlalchemy.engine import make_url
+
+    driver = make_url("postgresql://h/x").get_dialect().driver  # psycopg2 in SQLAlchemy 2.0, psycopg in 2.1
+    monkeypatch.setitem(sys.modules, driver, None)
+    assert tuning.main(tune_argv(tmp_path, "bad", "--storage", "postgresql://h/x")) == 2
+    line = one_error_line(capsys)
+    assert f"the driver {driver} is not installed: pip install " in line
+    assert ("psycopg2-binary" in line) and (driver == "psycopg2" or "postgresql+psycopg2://" in line)
+
+
+def test_unreachable_database_exits_2_with_one_line(tmp_path, capsys):
+    pytest.importorskip("psycopg2")
+    url = f"postgresql+psycopg2://me:secret@127.0.0.1:{free_port()}/qsnn"
+    assert tuning.main(tune_argv(tmp_path, "bad", "--storage", url)) == 2
+    line = one_error_line(capsys)
+    assert "Connection refused" in line and "secret" not in line
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on (just now)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_best_of_a_missing_study_exits_2(demo_study, capsys):
@@ -218,9 +284,9 @@ def test_search_space_defaults_ranges_and_fixed_keys():
     space = tuning.search_space(defaults, ["lr=1e-3:1e-1:log", "num_bits=2:8", "scheduler=cosine,cyclic"],
                                 fixed={"beta"})
     assert set(space) == {"lr", "threshold", "slope", "dropout", "num_bits", "scheduler"}
-    assert (space["lr"].low, space["lr"].high, space["lr"].log) == (1e-3, 1e-1, True)
-    assert space["num_bits"].kind == "int" and space["num_bits"].ends() == (2, 8)
+    assert space["lr"] == optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)
+    assert space["num_bits"] == optuna.distributions.IntDistribution(2, 8)
     assert space["scheduler"].choices == ("cosine", "cyclic")
-    for key, param in tuning.search_space(defaults, [], set()).items():
-        low, high = param.ends()
-        assert low <= MNIST["config"][key] <= high  # the paper's values lie inside the default ranges
+    assert tuning.range_text("lr", space["lr"]) == "lr=0.001:0.1:log"
+    for key, distribution in tuning.search_space(defaults, [], set()).items():
+        assert distribution.low <= MNIST["config"][key] <= distribution.high  # the paper's values are inside
