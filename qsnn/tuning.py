@@ -266,7 +266,15 @@ def make_objective(base, space, device, received):
             cache[batching] = make_loaders(cfg, device, generator := torch.Generator()), generator
         if runlog.run_folder(cfg).exists():  # left by a study that was deleted and started again
             print(f"warning: replacing {runlog.run_folder(cfg)} with trial {trial.number}", file=sys.stderr)
-        run_dir, _ = prepare_run_folder(cfg, resume=False, overwrite=True)
+        run_dir, _, lock = prepare_run_folder(cfg, resume=False, overwrite=True)
+        try:
+            return run_sampled_trial(trial, cfg, params, run_dir)
+        finally:
+            lock.close()
+
+    def run_sampled_trial(trial, cfg, params, run_dir):
+        """Train the trial's config in its locked run folder; returns its best validation accuracy."""
+        batching = tuple(cfg.get(k) for k in LOADER_KEYS)
         runlog.write_run_config(run_dir, cfg, device)
         trial.set_user_attr("run_dir", str(run_dir))
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in params.items())
