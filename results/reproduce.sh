@@ -25,7 +25,7 @@ fi
 # schedule, 3 seeds. periodic: cosine falling to 0 over 1 epoch (469 iterations) and rising over the next,
 # so epochs 1, 3, 5 end at a trough; monotone: the same cosine stretched over all 5 epochs (no rise);
 # constant: the peak lr throughout. Everything else is the paper's FashionMNIST config.
-for bits in 4 2 None; do
+for bits in ${PRECISIONS:-4 2 None}; do  # PRECISIONS="None" runs one precision (e.g. in another process)
   for schedule in periodic monotone constant; do
     case $schedule in
       periodic) args="--scheduler cosine --t_max 469" ;;
