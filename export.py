@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
-from qsnn import deploy  # noqa: E402
+from qsnn import deploy, integer_export  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 
 # membrane_bits: 8 bits already agree with PyTorch on 100% of the digits demo's predictions but flip 28% of
@@ -41,10 +41,10 @@ def parse_args(argv):
 
 def export(args):
     """Write the bundle; returns (bundle, model, config)."""
-    cfg, model, source = deploy.load_trial(args.run_dir, args.trial)
+    cfg, model, source = integer_export.load_trial(args.run_dir, args.trial)
     extra = {"source": source, "num_steps": cfg.get("num_steps_test", cfg.get("num_steps")),
              "beta_rounding": "B = rint(beta * 2^beta_shift); decay(M) = (B*M + 2^(beta_shift-1)) >> beta_shift"}
-    bundle = deploy.export_model(model, cfg["dataset"], args.membrane_bits, args.headroom_bits, args.beta_bits,
+    bundle = integer_export.export_model(model, cfg["dataset"], args.membrane_bits, args.headroom_bits, args.beta_bits,
                                  extra_meta=extra)
     out = args.out or Path(args.run_dir) / f"int_{Path(source['checkpoint']).stem}"
     npz_path, json_path = deploy.save_bundle(bundle, out)
@@ -59,7 +59,7 @@ def main(argv=None):
         bundle, model, cfg = export(args)
         if args.widths:
             options = {"headroom_bits": args.headroom_bits, "beta_shift": args.beta_bits}
-            print(deploy.width_report(model, cfg, deploy.parse_widths(args.widths), options, first=bundle,
+            print(integer_export.width_report(model, cfg, deploy.parse_widths(args.widths), options, first=bundle,
                                       limit=args.limit))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

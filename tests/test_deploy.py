@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import export
-from qsnn import deploy
+from qsnn import deploy, integer_export
 from qsnn.models import ARCHITECTURES, QSNN, build_model, fold_avg_pool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_integer_spikes_equal_pytorch_bit_for_bit(kind):
         layers32 = net(x, steps, record=True)
         layers64 = net.double()(x.double(), steps, record=True)
     # headroom 7: these random networks reach |mem| = 75 thr; 6 steps of beta 3/4 add 10 fraction bits
-    bundle = deploy.export_model(net, "digits" if kind == "image" else "dvs128_gesture", 32, 7, 24,
+    bundle = integer_export.export_model(net, "digits" if kind == "image" else "dvs128_gesture", 32, 7, 24,
                                  input_info=INPUT_INFO[kind])
     integer_layers, saturated = deploy.run_bundle(bundle, codes, steps, record=True)
     assert saturated == 0
@@ -82,7 +82,7 @@ def test_negative_bn_scale_channels_fire_as_in_pytorch():
     x, codes, steps = dyadic_inputs("image", generator)
     with torch.no_grad():
         spk = net(x, steps, record=True)[0][0]
-    bundle = deploy.export_model(net, "digits", 32, 7, 24, input_info=INPUT_INFO["image"])
+    bundle = integer_export.export_model(net, "digits", 32, 7, 24, input_info=INPUT_INFO["image"])
     weight, shift, threshold, bias = bundle.layer_arrays(0)
     codes_w = net.blocks[0].conv.quant_weight().int().numpy()
     gamma = net.blocks[0].bn.weight.detach().numpy()
@@ -125,7 +125,7 @@ def test_pool_folded_kernel_is_four_times_fold_avg_pool():
 def test_bundle_round_trip_needs_only_numpy(tmp_path):
     net, generator = dyadic_net("image")
     _, codes, steps = dyadic_inputs("image", generator, batch=2, steps=4)
-    bundle = deploy.export_model(net, "digits", 16, 1, 24, input_info=INPUT_INFO["image"])
+    bundle = integer_export.export_model(net, "digits", 16, 1, 24, input_info=INPUT_INFO["image"])
     npz_path, json_path = deploy.save_bundle(bundle, tmp_path / "model")
     assert npz_path.is_file() and json_path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == [
         "model.json", "model.npz"]

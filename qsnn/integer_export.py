@@ -1,0 +1,270 @@
+"""From a trained PyTorch QSNN to an integer bundle (qsnn.deploy), and the check of one against the other.
+
+Reads Brevitas' integer weight codes and the eval-mode BatchNorm of a run folder's checkpoint, builds the
+bundle that qsnn.deploy runs with NumPy alone, and compares both networks' outputs on the test set.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .deploy import IMAGE_DATASETS, build_bundle, input_codes, predictions, run_bundle
+from .errors import UserError
+
+# ---------------------------------------------------------------- from a trained PyTorch model (needs torch)
+
+def input_info_for(dataset):
+    """How real inputs become integer codes: 8-bit pixel codes for images, raw event counts for DVS."""
+    if dataset in IMAGE_DATASETS:
+        return {"kind": "pixel_codes", "scale": 1.0 / 255.0, "max_code": 255}
+    return {"kind": "event_counts", "scale": 1.0, "max_code": None}
+
+
+def batch_norm_affine(bn, channels):
+    """Eval-mode BatchNorm as y = g x + h per channel (float64); identity without BatchNorm."""
+    if bn is None:
+        return np.ones(channels), np.zeros(channels)
+    if bn.running_mean is None:
+        raise UserError("BatchNorm without running statistics is not supported by the integer export")
+    as64 = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+    weight = as64(bn.weight) if bn.affine else np.ones(channels)
+    bias = as64(bn.bias) if bn.affine else np.zeros(channels)
+    gain = weight / np.sqrt(as64(bn.running_var) + bn.eps)
+    return gain, bias - gain * as64(bn.running_mean)
+
+
+def weight_codes(layer):
+    """(integer codes, per-output-channel scale [O], bit width) of a Brevitas layer, checked."""
+    import brevitas.nn as qnn
+    import torch
+
+    if not isinstance(layer, (qnn.QuantConv2d, qnn.QuantLinear)):
+        raise UserError("full-precision weights (num_bits None) have no integer codes; the integer export "
+                        "needs a quantized network (num_bits 1..16)")
+    with torch.no_grad():
+        quant = layer.quant_weight()
+        codes = quant.int().cpu().numpy().astype(np.int64)
+        scale = quant.scale.double().cpu().numpy().reshape(-1)
+        bits, zero = int(quant.bit_width), quant.zero_point.cpu().numpy()
+        value = quant.value.double().cpu().numpy()
+    low, high = (-1, 1) if bits == 1 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if np.any(zero != 0) or codes.min() < low or codes.max() > high or scale.size not in (1, len(codes)):
+        raise UserError(f"{type(layer).__name__}: weight codes outside {bits}-bit signed integers "
+                        "(or a zero point / scale layout the integer export does not implement)")
+    scale = np.broadcast_to(scale, (len(codes),)).copy()
+    if not np.allclose(codes * scale.reshape((-1,) + (1,) * (codes.ndim - 1)), value, rtol=1e-6, atol=0):
+        raise UserError(f"{type(layer).__name__}: quant_weight() value is not int x scale")
+    return codes, scale, bits
+
+
+def layer_specs(model, input_info):
+    """The real description of each layer (integer codes and float64 scales, gains, offsets) of a QSNN."""
+    max_code = input_info["max_code"] if input_info["max_code"] is not None else 2 ** 15 - 1
+    specs, scale, max_input = [], input_info["scale"], max_code
+    modules = [(block.conv, block.bn, True, "conv") for block in model.blocks]
+    modules.append((model.head.fc, None, False, "linear"))
+    for layer, bn, pool, kind in modules:
+        codes, weight_scale, bits = weight_codes(layer)
+        gain, offset = batch_norm_affine(bn, len(codes))
+        specs.append({"kind": kind, "pool": pool, "codes": codes, "bits": bits, "weight_scale": weight_scale,
+                      "input_scale": scale, "max_input": max_input, "gain": gain, "offset": offset})
+        scale, max_input = 1.0, 1  # later layers take 0/1 spikes
+    return specs
+
+
+def neuron_constants(model):
+    """The (beta, threshold) shared by every LIF layer; other settings are refused."""
+    lifs = [block.lif for block in model.blocks] + [model.head.lif]
+    values = {(float(lif.beta), float(lif.threshold)) for lif in lifs}
+    if len(values) != 1 or lifs[0].reset_mechanism != "subtract" or float(lifs[0].threshold) <= 0:
+        raise UserError("the integer export implements one positive threshold and beta shared by all layers "
+                        "with reset by subtraction")
+    beta, threshold = values.pop()
+    return {"beta": beta, "threshold": threshold}
+
+
+def export_model(model, dataset, membrane_bits, headroom_bits, beta_shift, input_info=None, extra_meta=None):
+    """A Bundle of a QSNN (put in eval mode: BatchNorm running statistics) at one membrane width."""
+    model.eval()
+    input_info = input_info or input_info_for(dataset)
+    meta = {"dataset": dataset, "num_classes": int(model.head.fc.out_features), **(extra_meta or {})}
+    return build_bundle(layer_specs(model, input_info), neuron_constants(model), input_info, membrane_bits,
+                        headroom_bits, beta_shift, meta)
+
+
+# ---------------------------------------------------------------- run folders and checkpoints
+
+UNSUPPORTED_KEYS = ("state_bits",)  # membrane quantization during training: not what this export implements
+
+
+def check_supported_config(cfg):
+    """One-line refusal of settings the integer export does not implement."""
+    for key in UNSUPPORTED_KEYS:
+        if cfg.get(key) is not None:
+            raise UserError(f"config key {key!r} = {cfg[key]!r} is not implemented by the integer export")
+    unknown = sorted(k for k in set(cfg) - known_config_keys() if cfg[k] not in (None, False))
+    if unknown:
+        raise UserError(f"config key(s) {', '.join(unknown)} are not implemented by the integer export")
+    if cfg.get("num_bits") is None:
+        raise UserError("full-precision weights (num_bits None) have no integer codes; the integer export "
+                        "needs a quantized network (num_bits 1..16)")
+
+
+def known_config_keys():
+    """Every key of the datasets' run.py configs and demo presets (the settings this export understands)."""
+    import runpy
+
+    from .config import REPO_ROOT
+
+    keys = set()
+    for script in ("mnist", "fashion_mnist", "dvs128_gesture"):
+        path = REPO_ROOT / script / "run.py"
+        if path.is_file():
+            namespace = runpy.run_path(str(path))
+            keys |= set(namespace["config"]) | set(namespace.get("demo") or {})
+    return keys
+
+
+def read_json(path, what):
+    """A JSON file, or a one-line UserError naming what it should have been."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{Path(path).parent} is not a run folder ({what}, {Path(path).name}, is missing)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {e})") from None
+
+
+def best_trial(run_dir):
+    """The trial with the best score in status.json (0 when there is no status)."""
+    path = Path(run_dir) / "status.json"
+    trials = read_json(path, "status file").get("trials", {}) if path.exists() else {}
+    scored = [(entry.get("best_score", -1.0), -int(k), int(k)) for k, entry in trials.items()]
+    return max(scored)[2] if scored else 0
+
+
+def load_trial(run_dir, trial=None):
+    """(config, model in eval mode, checkpoint facts) from the best checkpoint of a trial of a run folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a folder")
+    record = read_json(run_dir / "config.json", "its config")
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise UserError(f"{run_dir / 'config.json'} is not a run's config.json (no 'config' entry)")
+    cfg = record["config"]
+    check_supported_config(cfg)
+    import torch  # only now: refusals above need no torch
+
+    from . import runlog
+    from .models import build_model
+
+    trial = best_trial(run_dir) if trial is None else trial
+    path = runlog.trial_files(run_dir, record.get("exp_name") or runlog.experiment_name(cfg), trial)["best"]
+    if not path.is_file():
+        raise UserError(f"trial {trial} has no best checkpoint in {run_dir} ({path.name} is missing)")
+    model = build_model(cfg)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+    except Exception as e:  # unpickling, zip and key errors all mean the same: a damaged file
+        raise UserError(f"cannot load the checkpoint {path} ({type(e).__name__}); it is damaged or not this "
+                        "run's model") from None
+    model.execution = "fast"
+    source = {"run_dir": str(run_dir.resolve()), "trial": trial, "checkpoint": path.name,
+              "epoch": checkpoint.get("epoch"), "test_acc": checkpoint.get("test_acc")}
+    return cfg, model.eval(), source
+
+
+# ---------------------------------------------------------------- integer network against PyTorch
+
+def test_inputs(cfg, limit=None):
+    """The test set of the config's dataset as float inputs (what the PyTorch model sees) and labels."""
+    from .data import as_tensors, load_datasets, to_float
+
+    x, y = as_tensors(load_datasets(cfg)[1])
+    if limit:
+        x, y = x[:limit], y[:limit]
+    return to_float(x), y.numpy()
+
+
+def pytorch_output_spikes(model, x, num_steps, batch_size):
+    """Output spikes [T, N, classes] (int8) of the PyTorch model, eval mode, fast execution."""
+    import torch
+
+    from .train import run_network
+
+    model.eval()
+    model.execution = "fast"
+    with torch.no_grad():
+        parts = [run_network(model, x[i:i + batch_size], num_steps).to(torch.int8).numpy()
+                 for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts, axis=1)
+
+
+def integer_output_spikes(bundle, x, num_steps, batch_size):
+    """Output spikes [T, N, classes] of the integer network on real inputs x, and its saturated fraction."""
+    codes = input_codes(bundle, x)
+    parts, saturated, updates = [], 0, 0
+    for i in range(0, len(codes), batch_size):
+        batch = codes[i:i + batch_size]
+        if batch.ndim == 5:  # events [N, T, C, H, W] -> [T, N, C, H, W]
+            layers, count = run_bundle(bundle, batch.transpose(1, 0, 2, 3, 4), record=True)
+        else:
+            layers, count = run_bundle(bundle, batch, num_steps, record=True)
+        parts.append(layers[-1][0])
+        saturated += count
+        updates += sum(spikes.size for spikes, _ in layers)
+    return np.concatenate(parts, axis=1), saturated / max(updates, 1)
+
+
+def compare_widths(model, bundles, x, y, num_steps, batch_size=32):
+    """Rows of accuracy, agreement and differing output spikes for PyTorch and each (name, bundle).
+
+    Agreement and differing spikes are given twice: against PyTorch on the real inputs (the whole
+    deployment, input codes included) and on the inputs the codes stand for (the integer arithmetic alone).
+    """
+    import torch
+
+    info = bundles[0][1].meta["input"]
+    coded = torch.from_numpy((input_codes(bundles[0][1], x) * info["scale"]).astype(np.float32))
+    reference = pytorch_output_spikes(model, x, num_steps, batch_size)
+    same = reference if torch.equal(coded, x) else pytorch_output_spikes(model, coded, num_steps, batch_size)
+    ref_pred, same_pred = predictions(reference), predictions(same)
+    rows = [("PyTorch (fast, fp32)", 100.0 * np.mean(ref_pred == y), 100.0, 0.0,
+             100.0 * np.mean(same_pred == ref_pred), 100.0 * np.mean(same != reference), None)]
+    for name, bundle in bundles:
+        spikes, saturated = integer_output_spikes(bundle, x, num_steps, batch_size)
+        pred = predictions(spikes)
+        rows.append((name, 100.0 * np.mean(pred == y), 100.0 * np.mean(pred == ref_pred),
+                     100.0 * np.mean(spikes != reference), 100.0 * np.mean(pred == same_pred),
+                     100.0 * np.mean(spikes != same), 100.0 * saturated))
+    return rows
+
+
+def format_table(rows, count):
+    """A Markdown table of compare_widths rows over `count` test samples."""
+    lines = [f"| network ({count} test samples) | accuracy % | agreement % | output spikes differing % "
+             "| agreement, same input codes % | output spikes differing, same input codes % "
+             "| saturated membrane updates % |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, acc, agree, differ, agree_same, differ_same, saturated in rows:
+        sat = "" if saturated is None else f"{saturated:.3f}"
+        lines.append(f"| {name} | {acc:.2f} | {agree:.2f} | {differ:.3f} | {agree_same:.2f} | {differ_same:.3f} "
+                     f"| {sat} |")
+    return "\n".join(lines)
+
+
+def width_report(model, cfg, widths, options, first=None, limit=None):
+    """The table for several membrane widths; `first` (a Bundle) is used as is for its own width."""
+    from .train import test_steps
+
+    bundles = []
+    for width in widths:
+        if first is not None and width == first.meta["membrane_bits"]:
+            bundle = first
+        else:
+            bundle = export_model(model, cfg["dataset"], width, options["headroom_bits"], options["beta_shift"])
+        bundles.append((f"integer, {width}-bit membrane", bundle))
+    x, y = test_inputs(cfg, limit)
+    return format_table(compare_widths(model, bundles, x, y, test_steps(cfg)), len(y))
+
+
