@@ -1,7 +1,7 @@
 """MNIST: the paper's QSNN (4-bit weights, periodic cosine LR). Edit the dict or override any key:
 
     python mnist/run.py --num_bits 8 --scheduler cyclic --num_trials 1
-    python mnist/run.py --demo        # offline: about 45 s of training on 2 CPU cores
+    python mnist/run.py --demo        # offline: about 30 s on 2 CPU cores
     python mnist/run.py --help        # every key with its default
 """
 import sys
