@@ -113,7 +113,7 @@ def load_image_dataset(name, data_dir, download=True):
     if files is None and download and download_with_torchvision(name, root):
         files = (raw, find_idx_files(raw))
     if files is None or files[1] is None:
-        system = (f", or install Debian's dataset-fashion-mnist package (/usr/share/datasets/fashion-mnist)"
+        system = (", or install Debian's dataset-fashion-mnist package (/usr/share/datasets/fashion-mnist)"
                   if name in SYSTEM_FOLDERS else "")
         raise UserError(f"{folder} is not in {raw} and could not be downloaded; put {', '.join(RAW_FILES)} "
                         f"(.gz or uncompressed) from {url} in that folder{system} and run again")

@@ -17,7 +17,6 @@ import copy
 
 import pytest
 import snntorch as snn
-import snntorch.functional as SF
 import torch
 import torch.nn.functional as F
 from snntorch import surrogate
