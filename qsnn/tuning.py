@@ -1,15 +1,11 @@
-"""Hyperparameter search with Optuna over a dataset's run.py config (the library behind tune.py).
+"""Hyperparameter search with Optuna over a dataset's run.py config (the library behind tune.py's command line).
 
 Each trial trains one network, scored by its best accuracy on a validation split of the training set
 (never the test set). The study lives in a database, so reruns and workers on several machines share it.
 """
-import argparse
 import json
 import logging
 import math
-import os
-import re
-import runpy
 import shlex
 import sys
 import time
@@ -18,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import runlog
-from .config import NULLABLE, REPO_ROOT, check_type, coerce, parse_args, resolve_path, validate
+from .config import NULLABLE, check_type, coerce, parse_args, validate
 from .errors import UserError
 
 DATASETS = ("mnist", "fashion_mnist", "dvs128_gesture")
@@ -40,67 +36,6 @@ HEARTBEAT_S = 60  # a worker killed hard leaves a RUNNING trial; Optuna fails it
 # The pip package of a database driver module SQLAlchemy may fail to import, where the names differ.
 DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient"}
 KEPT = "finished trials are kept in the study. Rerun the same command to continue it."
-EPILOG = """\
-several machines: the same command on each, with one database (pip install psycopg2-binary), e.g.
-  --storage postgresql+psycopg2://user:password@dbhost/qsnn
-Ctrl-C marks the running trial failed and keeps the finished ones; rerun the command to continue."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports mistakes as a UserError (one line, exit code 2) instead of usage text."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python tune.py --help)")
-
-
-def build_parser():
-    """The tune.py command line."""
-    p = _Parser(prog="tune.py", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, description=
-                "Search a run.py config's QSNN hyperparameters with Optuna, scored on a validation split.")
-    p.add_argument("dataset", metavar="DATASET", help=f"whose run.py config to tune: {' | '.join(DATASETS)}")
-    p.add_argument("--demo", action="store_true", help="tune mnist's offline demo preset (scikit-learn digits)")
-    p.add_argument("--n-trials", type=int, default=50, metavar="N", help="stop once the study holds N complete + "
-                   "pruned trials, counting earlier runs and other workers' running ones (default 50)")
-    p.add_argument("--epochs", type=int, default=10, metavar="N", help="epoch budget of each trial (default 10)")
-    p.add_argument("--val-split", type=float, default=0.1, metavar="F",
-                   help="fraction of the training set held out to score trials; must be > 0 (default 0.1)")
-    p.add_argument("--range", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
-                   help="search KEY in [LOW, HIGH] (log scale with :log), or among choices with KEY=A,B,C; "
-                        "repeatable. Default: " + " ".join(f"{k}={v}" for k, v in DEFAULT_RANGES.items()))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key for every trial (e.g. num_steps=10); a tuned key set here is "
-                        "fixed instead. Search-only: not written to the best config. Repeatable")
-    p.add_argument("--study", metavar="NAME", help="study name (default DATASET, or mnist_demo with --demo)")
-    p.add_argument("--storage", metavar="URL", help="SQLAlchemy database URL shared by all workers "
-                   "(default sqlite:///<output_dir>/tune/<study>.db under the repository)")
-    p.add_argument("--sampler-seed", type=int, metavar="N", help="seed the TPE sampler (single-worker runs)")
-    p.add_argument("--no-prune", action="store_true", help="train every trial for its whole epoch budget")
-    p.add_argument("--prune-startup", type=int, default=3, metavar="N", help="complete trials before pruning (3)")
-    p.add_argument("--prune-from", type=int, default=1, metavar="EPOCH", help="first epoch that may prune (1)")
-    p.add_argument("--best", action="store_true", help="only read the study: print its best trial, write its config")
-    p.add_argument("--out", metavar="FILE", help="the best config's file (default <output_dir>/tune/<study>_best.json)")
-    return p
-
-
-def check_args(args):
-    """Raise UserError for values argparse cannot check by type alone."""
-    if args.dataset not in DATASETS:
-        raise UserError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("run tune.py without torchrun: each rank would start its own trials; "
-                        "start one tune.py per GPU (CUDA_VISIBLE_DEVICES) with a shared --storage instead")
-    for flag, value, low in [("--n-trials", args.n_trials, 1), ("--epochs", args.epochs, 1),
-                             ("--prune-startup", args.prune_startup, 0), ("--prune-from", args.prune_from, 1)]:
-        if value < low:
-            raise UserError(f"{flag} {value} is not allowed; must be >= {low}")
-    if not 0 < args.val_split < 1:
-        raise UserError(f"--val-split {args.val_split} is not allowed; must be within (0, 1): "
-                        "trials are scored on held-out training data, never on the test set")
-    args.study = args.study or (f"{args.dataset}_demo" if args.demo else args.dataset)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.study):
-        raise UserError(f"--study {args.study!r}: use letters, digits, '_', '.' and '-' (it names files)")
-
-
 def base_config(defaults, preset, sets):
     """(run.py config with the demo preset, the same with --set overrides, {key: value} of those)."""
     overrides = {}
@@ -366,42 +301,3 @@ def report(study, shown_url, run_py_cfg, out, overrides, run_py):
     kept_out = " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in overrides.items() if k not in RUN_ONLY_KEYS)
     if kept_out:
         print(f"(search-only --set values are not in that file; add them if the final run should use them: {kept_out})")
-
-
-def main(argv=None):
-    """tune.py: returns the exit code (0, 2 for a user mistake, 130 when interrupted)."""
-    try:
-        args = build_parser().parse_args(argv)
-        check_args(args)
-        run_py = runpy.run_path(str(REPO_ROOT / args.dataset / "run.py"))
-        preset = run_py.get("demo") if args.demo else None
-        if args.demo and preset is None:
-            raise UserError(f"{args.dataset}/run.py has no --demo preset; mnist has: python tune.py mnist --demo")
-        run_py_cfg, cfg, overrides = base_config(run_py["config"], preset, args.set)
-        space = search_space(run_py["config"], args.range, set(overrides))
-        tune_root = resolve_path(cfg["output_dir"]) / "tune"
-        trial_base = {**cfg, "epochs": args.epochs, "val_split": args.val_split, "num_trials": 1,
-                      "output_dir": str(tune_root / args.study)}
-        if not args.best:  # before the database is touched
-            validate(trial_base)
-            check_ranges(trial_base, space)
-        storage = open_storage(args.storage or f"sqlite:///{tune_root / (args.study + '.db')}", create=not args.best)
-        study = get_study(storage, args)
-        if args.best:
-            overrides = study.user_attrs.get("overrides", {})  # what the best config leaves out
-        else:
-            for name, value in {"dataset": args.dataset, "demo": args.demo, "overrides": overrides}.items():
-                study.set_user_attr(name, value)
-            print(f"study {args.study}: searching " + " ".join(range_text(k, d) for k, d in space.items()))
-            optimize(study, trial_base, space, args.n_trials)
-        report(study, storage.engine.url.render_as_string(hide_password=True), run_py_cfg,
-               Path(args.out) if args.out else tune_root / f"{args.study}_best.json", overrides,
-               f"{args.dataset}/run.py")
-    except UserError as e:
-        for line in str(e).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"error: aborted by a second Ctrl-C; the running trial is marked failed, {KEPT}", file=sys.stderr)
-        return 130
-    return 0

@@ -17,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import tune  # noqa: E402
 from qsnn import tuning  # noqa: E402
 from qsnn.config import parse_args, read_config_file, validate  # noqa: E402
 
@@ -48,7 +49,7 @@ def demo_study(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny batches on shared cores: more threads only wait on each other
     try:
-        code = tuning.main(tune_argv(root, "demo", "--n-trials", "3", "--epochs", "2", "--sampler-seed", "0"))
+        code = tune.main(tune_argv(root, "demo", "--n-trials", "3", "--epochs", "2", "--sampler-seed", "0"))
     finally:
         torch.set_num_threads(threads)
     return root, code
@@ -87,7 +88,7 @@ def test_best_only_reads_the_study(demo_study, monkeypatch, capsys):
     monkeypatch.setattr("qsnn.train.run_trial", lambda *a, **k: pytest.fail("--best must not train"))
     before = load(root, "demo")
     out = root / "again.json"
-    assert tuning.main(tune_argv(root, "demo", "--best", "--out", str(out))) == 0
+    assert tune.main(tune_argv(root, "demo", "--best", "--out", str(out))) == 0
     text = capsys.readouterr().out
     assert f"best trial {before.best_trial.number}: validation accuracy {before.best_value:.2f}%" in text
     assert "3 trials:" in text
@@ -146,7 +147,7 @@ def no_data(monkeypatch):
 def test_poor_trials_are_pruned_and_count_towards_n_trials(tmp_path, monkeypatch, no_data, capsys):
     monkeypatch.setattr("qsnn.train.run_trial", fake_trainer(lambda n: 80.0 if n < 2 else 10.0))
     argv = tune_argv(tmp_path, "prune", "--n-trials", "4", "--epochs", "3", "--prune-startup", "2")
-    assert tuning.main(argv) == 0
+    assert tune.main(argv) == 0
     assert states(load(tmp_path, "prune")) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
     status = json.loads((tmp_path / "tune" / "prune" / "trial_2" / "status.json").read_text())
     assert status["trials"]["2"]["reason"] == "pruned"
@@ -157,14 +158,14 @@ def test_ctrl_c_fails_the_running_trial_and_a_rerun_continues(tmp_path, monkeypa
     argv = tune_argv(tmp_path, "stop", "--n-trials", "3", "--epochs", "1")
     monkeypatch.setattr("qsnn.train.run_trial", fake_trainer(lambda n: 50.0 + n, interrupt_trial=1))
     handler = signal.getsignal(signal.SIGINT)
-    assert tuning.main(argv) == 130
+    assert tune.main(argv) == 130
     assert states(load(tmp_path, "stop")) == ["COMPLETE", "FAIL"]
     assert "Rerun the same command" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler  # the Ctrl-C handler is restored
     monkeypatch.setattr("qsnn.train.run_trial", fake_trainer(lambda n: 50.0 + n))
-    assert tuning.main(argv) == 0
+    assert tune.main(argv) == 0
     assert states(load(tmp_path, "stop")) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    assert tuning.main(argv) == 0  # already 3 finished: nothing more runs
+    assert tune.main(argv) == 0  # already 3 finished: nothing more runs
     assert len(load(tmp_path, "stop").trials) == 4
     assert "best trial 3" in capsys.readouterr().out
 
@@ -178,7 +179,7 @@ def test_a_hard_killed_workers_trial_stops_counting(tmp_path, monkeypatch, no_da
     storage.record_heartbeat(abandoned._trial_id)  # then its worker dies: no more heartbeats
     time.sleep(4.2)  # > 3 s even where the database keeps whole seconds (SQLite)
     monkeypatch.setattr("qsnn.train.run_trial", fake_trainer(lambda n: 50.0))
-    assert tuning.main(tune_argv(tmp_path, "killed", "--n-trials", "1", "--epochs", "1")) == 0
+    assert tune.main(tune_argv(tmp_path, "killed", "--n-trials", "1", "--epochs", "1")) == 0
     assert states(load(tmp_path, "killed")) == ["FAIL", "COMPLETE"]
 
 
@@ -201,7 +202,7 @@ def test_bad_dataset_exits_2_with_one_line():
                                   "num_steps=2.5:8", "lr=1e-4:inf:log", "lr=nan:1e-2", "beta=0.5:nan",
                                   "lr=1e-4:1e999", "num_steps=2:inf", "lr=0.01,nan", "beta=-inf:0.9"])
 def test_bad_range_exits_2_with_one_line(tmp_path, spec, capsys):
-    assert tuning.main(tune_argv(tmp_path, "bad", "--range", spec)) == 2
+    assert tune.main(tune_argv(tmp_path, "bad", "--range", spec)) == 2
     assert spec in one_error_line(capsys)
     assert not (tmp_path / "tune" / "bad.db").exists()
 
@@ -211,7 +212,7 @@ def test_bad_range_exits_2_with_one_line(tmp_path, spec, capsys):
                                    ["--study", "a/b"], ["--set", "lr=inf"], ["--set", "lr=nan"],
                                    ["--set", "lr=1e999"], ["--set", "beta=-1e999"]])
 def test_other_mistakes_exit_2_with_one_line(tmp_path, extra, capsys):
-    assert tuning.main(tune_argv(tmp_path, "bad", *extra)) == 2
+    assert tune.main(tune_argv(tmp_path, "bad", *extra)) == 2
     one_error_line(capsys)
     assert not (tmp_path / "tune" / "bad.db").exists()
 
@@ -230,7 +231,7 @@ def test_other_mistakes_exit_2_with_one_line(tmp_path, extra, capsys):
 def test_storage_that_cannot_be_opened_exits_2_with_one_line(tmp_path, monkeypatch, capsys, storage, blocked, says):
     if blocked:
         monkeypatch.setitem(sys.modules, blocked, None)  # as if the driver were not installed
-    assert tuning.main(tune_argv(tmp_path, "bad", "--storage", storage)) == 2
+    assert tune.main(tune_argv(tmp_path, "bad", "--storage", storage)) == 2
     assert says in one_error_line(capsys)
 
 
@@ -239,7 +240,7 @@ def test_default_postgresql_driver_missing_names_both_fixes(tmp_path, monkeypatc
 
     driver = make_url("postgresql://h/x").get_dialect().driver  # psycopg2 in SQLAlchemy 2.0, psycopg in 2.1
     monkeypatch.setitem(sys.modules, driver, None)
-    assert tuning.main(tune_argv(tmp_path, "bad", "--storage", "postgresql://h/x")) == 2
+    assert tune.main(tune_argv(tmp_path, "bad", "--storage", "postgresql://h/x")) == 2
     line = one_error_line(capsys)
     assert f"the driver {driver} is not installed: pip install " in line
     assert ("psycopg2-binary" in line) and (driver == "psycopg2" or "postgresql+psycopg2://" in line)
@@ -248,7 +249,7 @@ def test_default_postgresql_driver_missing_names_both_fixes(tmp_path, monkeypatc
 def test_unreachable_database_exits_2_with_one_line(tmp_path, capsys):
     pytest.importorskip("psycopg2")
     url = f"postgresql+psycopg2://me:secret@127.0.0.1:{free_port()}/qsnn"
-    assert tuning.main(tune_argv(tmp_path, "bad", "--storage", url)) == 2
+    assert tune.main(tune_argv(tmp_path, "bad", "--storage", url)) == 2
     line = one_error_line(capsys)
     assert "Connection refused" in line and "secret" not in line
 
@@ -265,9 +266,9 @@ def free_port():
 def test_best_of_a_missing_study_exits_2(demo_study, capsys):
     root, _ = demo_study
     argv = tune_argv(root, "nope", "--best", "--storage", f"sqlite:///{root / 'tune' / 'demo.db'}")
-    assert tuning.main(argv) == 2
+    assert tune.main(argv) == 2
     assert "it holds: demo" in one_error_line(capsys)
-    assert tuning.main(tune_argv(root, "nope", "--best")) == 2  # no database file: not created
+    assert tune.main(tune_argv(root, "nope", "--best")) == 2  # no database file: not created
     assert "no study database" in one_error_line(capsys)
     assert not (root / "tune" / "nope.db").exists()
 
@@ -275,7 +276,7 @@ def test_best_of_a_missing_study_exits_2(demo_study, capsys):
 def test_study_refuses_another_dataset(demo_study, capsys):
     root, _ = demo_study
     argv = ["mnist", "--study", "demo", "--set", f"output_dir={root}", "--best"]
-    assert tuning.main(argv) == 2
+    assert tune.main(argv) == 2
     assert "tunes mnist --demo" in one_error_line(capsys)
 
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("psycopg2", reason="psycopg2 is missing: pip install psycopg2-binary")
 sys.path.insert(0, str(REPO))
 
-from qsnn import tuning  # noqa: E402
+import tune  # noqa: E402
 
 
 def free_port():
@@ -121,7 +121,7 @@ def test_two_workers_share_a_postgresql_study(postgres_url, tmp_path, capsys):
     assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)  # no setting trained twice
 
     out = tmp_path / "best.json"
-    assert tuning.main(tune_argv(tmp_path, postgres_url, "--best", "--out", str(out))) == 0
+    assert tune.main(tune_argv(tmp_path, postgres_url, "--best", "--out", str(out))) == 0
     shown = capsys.readouterr().out
     assert f"{len(trials)} trials: {len(trials)} complete" in shown
     best = trials[int(shown.split("best trial ")[1].split(":")[0])]  # ties: any trial with the best value
