@@ -156,7 +156,7 @@ def run_experiment(cfg, resume=False, overwrite=False):
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if distributed.is_main():
-            runlog.write_run_config(run_dir, cfg, device)
+            runlog.write_run_config(run_dir, cfg, device, resumed=resume)
             print(f"experiment {runlog.experiment_name(cfg)} on {device} "
                   f"({distributed.world_size()} process(es)): results in {run_dir}")
         distributed.barrier()

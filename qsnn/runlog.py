@@ -186,16 +186,21 @@ def device_name(device):
     return platform.processor()
 
 
-def write_run_config(run_dir, cfg, device):
-    """config.json: everything needed to know what produced the files beside it."""
-    record = {
-        "exp_name": experiment_name(cfg), "dataset": cfg["dataset"],
-        "precision": precision_name(cfg["num_bits"]), "config": cfg,
-        "versions": package_versions(), "device": str(device),
-        "device_name": device_name(device),
-        "git_commit": git_commit(), "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
+def write_run_config(run_dir, cfg, device, resumed=False):
+    """config.json: everything needed to know what produced the files beside it.
+
+    A resume keeps the record of the run that started the folder and appends its own (commit,
+    versions, device, command) to "resumes", so the file tells which code wrote which epochs.
+    """
+    session = {"versions": package_versions(), "device": str(device), "device_name": device_name(device),
+               "git_commit": git_commit(), "created": datetime.datetime.now().isoformat(timespec="seconds"),
+               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    previous = read_run_config(run_dir) if resumed else None
+    if previous is None:
+        record = {"exp_name": experiment_name(cfg), "dataset": cfg["dataset"],
+                  "precision": precision_name(cfg["num_bits"]), "config": cfg, **session}
+    else:
+        record = {**previous, "config": cfg, "resumes": [*previous.get("resumes", []), session]}
     write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
 
 

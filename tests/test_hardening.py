@@ -140,7 +140,9 @@ def test_a_finished_trial_is_extended_by_more_epochs_but_epochs_never_shrink(tin
     folder = runlog.run_folder(tiny_config)
     run_experiment(quick(tiny_config, epochs=3), resume=True)
     assert [r.split(",")[0] for r in (folder / f"acc_{EXP}_t0.csv").read_text().split()[1:]] == ["1", "2", "3"]
-    assert runlog.read_run_config(folder)["config"]["epochs"] == 3
+    record = runlog.read_run_config(folder)
+    assert record["config"]["epochs"] == 3 and len(record["resumes"]) == 1  # the first run's record is kept
+    assert {"git_commit", "created", "command", "versions"} <= set(record["resumes"][0])
     with pytest.raises(UserError, match="--epochs 1 is below the 3 epochs"):
         run_experiment(quick(tiny_config, epochs=1), resume=True)
 
