@@ -4,7 +4,7 @@
 
 Runs extract_test_set_accuracy.py and plot_results.py on results/ and puts the table that the first
 prints between the README's `<!-- results-table -->` markers, and the schedule study's comparison
-(finished trials only) between its `<!-- schedule-verdict -->` markers; figures go to results/figures/.
+(finished trials only) and the paper runs' epochs between their own markers; figures go to results/figures/.
 """
 import csv
 import json
@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 VERDICT = ("<!-- schedule-verdict:start -->", "<!-- schedule-verdict:end -->")
+PAPER = ("<!-- paper-epochs:start -->", "<!-- paper-epochs:end -->")
 SCHEDULES = ("periodic", "monotone", "constant")  # the suffixes of reproduce.sh's study folders
 SEEDS = 3
 
@@ -26,6 +27,17 @@ def run(*args):
     if result.returncode != 0:
         sys.exit(f"error: {' '.join(args)} failed (exit {result.returncode})")
     return result.stdout
+
+
+def paper_epochs(root=ROOT):
+    """Markdown: test accuracy and training seconds of every epoch of the runs in results/paper/."""
+    lines = ["| run | epoch | test accuracy (%) | training time (s) |", "|---|---:|---:|---:|"]
+    for acc in sorted((Path(root) / "results" / "paper").glob("*/acc_*_t0.csv")):
+        with open(acc, newline="") as f:
+            for row in csv.DictReader(f):
+                lines.append(f"| {acc.parent.name} | {row['epoch']} | {float(row['test_acc']):.2f} | "
+                             f"{float(row['train_time']):.0f} |")
+    return "\n".join(lines)
 
 
 def finished_best_accuracies(run_dir):
@@ -91,6 +103,7 @@ def main():
         pdf.unlink()  # the repository keeps the small PNGs only
     readme = replace_between((ROOT / "README.md").read_text(), (START, END), table)
     readme = replace_between(readme, VERDICT, schedule_verdict())
+    readme = replace_between(readme, PAPER, paper_epochs())
     (ROOT / "README.md").write_text(readme)
     print(f"README.md: results table with {table.count(chr(10)) - 1} rows; figures in results/figures/")
 

@@ -32,3 +32,12 @@ def test_running_trials_are_left_out_and_the_verdict_waits(tmp_path):
     lines = update["schedule_verdict"](tmp_path).splitlines()
     row = next(line for line in lines if line.startswith("| 4bit"))
     assert "89.00 ± 1.41 (2 of 3)" in row and "pending" in row and "not run yet" in row
+
+
+def test_paper_runs_are_listed_epoch_by_epoch(tmp_path):
+    folder = tmp_path / "results" / "paper" / "mnist_4bit_cosine"
+    folder.mkdir(parents=True)
+    (folder / "acc_mnist_4bit_cosine_t0.csv").write_text(
+        "epoch,test_acc,train_loss,train_time\n1,97.5,0.2,183.4\n2,98.25,0.1,181.6\n")
+    assert update["paper_epochs"](tmp_path).splitlines()[2:] == [
+        "| mnist_4bit_cosine | 1 | 97.50 | 183 |", "| mnist_4bit_cosine | 2 | 98.25 | 182 |"]
