@@ -103,6 +103,10 @@ def plot_test_accuracy(acc_logs: dict[str, list[TrialLog]]):
     for key, logs in acc_logs.items():
         curves = [log.data.set_index("epoch")["test_acc"] for log in logs]
         _draw_band(panels[logs[0].run.dataset], trial_mean_std(curves), colors[key], _label(logs))
+    from matplotlib.ticker import MaxNLocator
+
+    for panel in panels.values():
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     _finish(panels)
     return fig
 
