@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
+from .runlog import EFFICIENCY_COLUMNS
 from .models import fold_avg_pool, qnn  # brevitas.nn, imported by models without its CPU warning
 
-COLUMNS = ("epoch", "rate_conv1", "rate_conv2", "rate_fc", "synops", "synops_conv2", "synops_fc",
-           "input_macs", "weight_kib", "weight_kib_fp32")
+COLUMNS = EFFICIENCY_COLUMNS
 POOL_STRIDE = 2  # the folded 2x2 average pool makes every conv stride 2
 
 

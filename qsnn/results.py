@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from qsnn.config import precision_name
+from qsnn.runlog import EFFICIENCY_COLUMNS
 from qsnn.errors import UserError
 
 # Folders that never hold runs but can be huge (datasets, environments).
@@ -41,8 +42,7 @@ RUN_TIME_KEYS = frozenset({"device", "output_dir", "data_dir", "epochs", "patien
 SCHEDULE_KEYS = {"cosine": {"t_max", "eta_min"}, "cosine_restarts": {"t_0", "t_mult", "eta_min"},
                  "cyclic": {"base_lr", "step_size_up"}, "step": {"step_size", "gamma"}, "constant": set()}
 ALL_SCHEDULE_KEYS = frozenset().union(*SCHEDULE_KEYS.values())
-EFF_COLUMNS = ("rate_conv1", "rate_conv2", "rate_fc", "synops", "synops_conv2", "synops_fc", "input_macs",
-               "weight_kib", "weight_kib_fp32")
+EFF_COLUMNS = EFFICIENCY_COLUMNS[1:]  # after "epoch"
 # Required columns of each log (the first is its step), then optional ones.
 LOG_COLUMNS = {"acc": ("epoch", "test_acc"), "loss": ("iteration", "loss"), "lr": ("iteration", "lr"),
                "eff": ("epoch",)}

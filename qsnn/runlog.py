@@ -26,6 +26,9 @@ from pathlib import Path
 from .config import REPO_ROOT, precision_name, resolve_path
 from .errors import UserError
 
+# Columns of eff_<exp>_t<k>.csv (qsnn.efficiency writes them, qsnn.results reads them).
+EFFICIENCY_COLUMNS = ("epoch", "rate_conv1", "rate_conv2", "rate_fc", "synops", "synops_conv2", "synops_fc",
+                      "input_macs", "weight_kib", "weight_kib_fp32")
 # mkstemp's names for atomic_path: "." + target name + "." + 8 random characters + target suffix.
 TEMP_FILE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?$")
 
@@ -274,9 +277,7 @@ class TrialLogs:
     HEADERS = {"loss": ("epoch", "iteration", "loss"), "lr": ("epoch", "iteration", "lr")}
 
     def __init__(self, files, acc_header):
-        from .efficiency import COLUMNS  # the efficiency figures of each epoch's test pass
-
-        self.headers = {**self.HEADERS, "acc": tuple(acc_header), "eff": COLUMNS}
+        self.headers = {**self.HEADERS, "acc": tuple(acc_header), "eff": EFFICIENCY_COLUMNS}
         self.paths = {kind: files[kind] for kind in self.headers}
 
     def start(self, completed_epochs):
