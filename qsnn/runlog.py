@@ -149,11 +149,6 @@ def save_checkpoint(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def write_csv(path, header, rows):
-    """Atomically write a CSV with a header; floats keep full precision (repr)."""
-    write_text(path, ",".join(header) + "\n" + "".join(csv_line(row) for row in rows))
-
-
 def package_versions():
     """Versions of the packages that decide the numbers."""
     versions = {"python": platform.python_version()}

@@ -150,7 +150,7 @@ def test_missing_data_ends_in_one_line_without_traceback(tmp_path):
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "log.csv"
-    runlog.write_csv(path, ("epoch", "value"), [(1, 0.5)])
+    runlog.write_text(path, "epoch,value\n1,0.5\n")
     with pytest.raises(RuntimeError):
         runlog.atomic_write(path, lambda f: (f.write(b"half"), (_ for _ in ()).throw(RuntimeError())))
     assert path.read_text() == "epoch,value\n1,0.5\n" and list(tmp_path.iterdir()) == [path]
