@@ -103,7 +103,8 @@ def main(argv=None):
         if args.best:
             overrides = study.user_attrs.get("overrides", {})  # what the best config leaves out
         else:
-            for name, value in {"dataset": args.dataset, "demo": args.demo, "overrides": overrides}.items():
+            # "dataset" last: another worker checks demo/overrides only once it sees dataset (no race).
+            for name, value in {"demo": args.demo, "overrides": overrides, "dataset": args.dataset}.items():
                 study.set_user_attr(name, value)
             print(f"study {args.study}: searching " + " ".join(range_text(k, d) for k, d in space.items()))
             optimize(study, trial_base, space, args.n_trials)
