@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import matplotlib  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402  (no pyplot: the backend is chosen later)
 
 from qsnn import results  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
@@ -103,8 +104,6 @@ def plot_test_accuracy(acc_logs: dict[str, list[TrialLog]]):
     for key, logs in acc_logs.items():
         curves = [log.data.set_index("epoch")["test_acc"] for log in logs]
         _draw_band(panels[logs[0].run.dataset], trial_mean_std(curves), colors[key], _label(logs))
-    from matplotlib.ticker import MaxNLocator
-
     for panel in panels.values():
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     _finish(panels)

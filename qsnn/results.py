@@ -156,7 +156,7 @@ def read_run(folder: Path, meta: dict) -> Run:
     """Describe the run in folder from its config.json contents; warn about unfinished trials."""
     config = meta["config"]
     name = str(meta.get("exp_name") or folder.name)
-    status = _read_status(folder)
+    status = read_status(folder)
     for trial, info in sorted(status.items()):
         if (state := info.get("state", "unknown")) != "finished":
             reason = f" ({info['reason']})" if info.get("reason") else ""
@@ -185,7 +185,8 @@ def _trial_indices(folder: Path, name: str, config: dict, status: dict[int, dict
     return tuple(sorted(found))
 
 
-def _read_status(folder: Path) -> dict[int, dict]:
+def read_status(folder: Path) -> dict[int, dict]:
+    """{trial: its status.json entry}; {} (with a warning if damaged) when there is none to read."""
     path = folder / "status.json"
     try:  # written atomically by qsnn.runlog: whole or absent
         return {int(k): v for k, v in json.loads(path.read_text(encoding="utf-8"))["trials"].items()}

@@ -7,13 +7,15 @@ prints between the README's `<!-- results-table -->` markers, and the schedule s
 (finished trials only) and the paper runs' epochs between their own markers; figures go to results/figures/.
 """
 import csv
-import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from qsnn import results  # noqa: E402  (the readers behind extract_test_set_accuracy.py)
+
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 VERDICT = ("<!-- schedule-verdict:start -->", "<!-- schedule-verdict:end -->")
 PAPER = ("<!-- paper-epochs:start -->", "<!-- paper-epochs:end -->")
@@ -42,13 +44,9 @@ def paper_epochs(root=ROOT):
 
 def finished_best_accuracies(run_dir):
     """Best test accuracy of each trial of a run folder that finished (running trials are left out)."""
-    trials = json.loads((run_dir / "status.json").read_text())["trials"]
-    best = []
-    for k, status in sorted(trials.items()):
-        if status.get("state") == "finished":
-            with open(next(run_dir.glob(f"acc_*_t{k}.csv")), newline="") as f:
-                best.append(max(float(row["test_acc"]) for row in csv.DictReader(f)))
-    return best
+    finished = [k for k, status in sorted(results.read_status(run_dir).items()) if status.get("state") == "finished"]
+    logs = [results.read_log(next(run_dir.glob(f"acc_*_t{k}.csv")), "acc") for k in finished]
+    return [float(log["test_acc"].max()) for log in logs if log is not None]
 
 
 def schedule_verdict(root=ROOT):
