@@ -55,6 +55,8 @@ config = {
     "tensor_data": True,  # batch from the frame cache held as tensors; False = DataLoader
     "num_workers": 0,  # DataLoader worker processes (only with tensor_data False)
     "sync_batch_norm": False,  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)
+    # analysis
+    "snapshots": "off",  # save the model for landscape.py: off | epoch (every epoch end) | extrema (LR troughs, peaks)
 }
 
 if __name__ == "__main__":

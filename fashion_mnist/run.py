@@ -54,6 +54,8 @@ config = {
     "tensor_data": True,  # batch from tensors on the device (fast); False = torchvision DataLoader
     "num_workers": 0,  # DataLoader worker processes (only with tensor_data False)
     "sync_batch_norm": False,  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)
+    # analysis
+    "snapshots": "off",  # save the model for landscape.py: off | epoch (every epoch end) | extrema (LR troughs, peaks)
 }
 
 if __name__ == "__main__":

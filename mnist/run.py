@@ -55,6 +55,8 @@ config = {
     "tensor_data": True,  # batch from tensors on the device (fast); False = torchvision DataLoader
     "num_workers": 0,  # DataLoader worker processes (only with tensor_data False)
     "sync_batch_norm": False,  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)
+    # analysis
+    "snapshots": "off",  # save the model for landscape.py: off | epoch (every epoch end) | extrema (LR troughs, peaks)
 }
 
 # --demo: offline, on scikit-learn's 1,797 real handwritten 8x8 digits resized to 28x28.

@@ -20,6 +20,7 @@ CHOICES = {
     "dataset": ("mnist", "fashion_mnist", "digits", "dvs128_gesture"),
     "scheduler": ("cosine", "cosine_restarts", "cyclic", "step", "constant"),
     "execution": ("fast", "reference"),
+    "snapshots": ("off", "epoch", "extrema"),
 }
 FLAGS = {
     "--demo": "run the short offline demo preset (scikit-learn digits) instead of the full experiment",
@@ -225,6 +226,11 @@ def validate(cfg, datasets=None):
         problems.append("--tensor_data False is not supported under torchrun; use --tensor_data True")
     if cfg.get("sync_batch_norm") and (cfg["device"] == "cpu" or not cuda_available()):
         problems.append("--sync_batch_norm True needs CUDA devices (PyTorch's SyncBatchNorm); use False on CPU")
+    from .snapshots import check_snapshot_config
+
+    snapshot_problem = check_snapshot_config(cfg) if "scheduler" in cfg else None
+    if snapshot_problem:
+        problems.append(snapshot_problem)
     device_problem = check_device(cfg["device"])
     if device_problem:
         problems.append(device_problem)

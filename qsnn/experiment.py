@@ -14,7 +14,7 @@ from .train import NonFiniteLoss, StopRequested, run_trial
 
 # Keys that may differ when resuming: they change where and how fast, not what is computed.
 RESUMABLE_KEYS = {"device", "data_dir", "output_dir", "num_workers", "epochs", "patience",
-                  "num_trials", "execution", "time_chunk", "tensor_data", "test_batch_size"}
+                  "num_trials", "execution", "time_chunk", "tensor_data", "test_batch_size", "snapshots"}
 
 
 class Interrupted(UserError):

@@ -37,7 +37,7 @@ SKIP_DIRS = frozenset({".git", "venv", ".venv", "site-packages", "data", "__pyca
 # them because a folder's trials are its seeds (seed + k): folders differing only in seed pool.
 RUN_TIME_KEYS = frozenset({"device", "output_dir", "data_dir", "epochs", "patience", "num_trials", "num_workers",
                            "execution", "time_chunk", "tensor_data", "test_batch_size", "exp_name", "seed",
-                           "sync_batch_norm"})
+                           "sync_batch_norm", "snapshots"})
 # Each scheduler's own keys (qsnn/schedules.py); another scheduler's keys do not change a run.
 SCHEDULE_KEYS = {"cosine": {"t_max", "eta_min"}, "cosine_restarts": {"t_0", "t_mult", "eta_min"},
                  "cyclic": {"base_lr", "step_size_up"}, "step": {"step_size", "gamma"}, "constant": set()}

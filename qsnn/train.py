@@ -19,6 +19,7 @@ from .efficiency import EfficiencyMeter
 from .errors import UserError
 from .models import build_model
 from .schedules import build_scheduler
+from .snapshots import SnapshotSaver
 
 
 CHECK_EVERY = 20  # iterations between checks for NaN/inf and for a stop request shared by all ranks
@@ -128,8 +129,11 @@ def clamp_weights(model, bound):
                 param.clamp_(-bound, bound)
 
 
-def train_epoch(model, loader, optimizer, scheduler, loss_fn, cfg, device, epoch, should_stop):
-    """Train one epoch; returns (per-iteration logged losses, per-iteration learning rates)."""
+def train_epoch(model, loader, optimizer, scheduler, loss_fn, cfg, device, epoch, should_stop, after_step=None):
+    """Train one epoch; returns (per-iteration logged losses, per-iteration learning rates).
+
+    `after_step(steps_in_epoch)`, if given, is called after every optimizer and scheduler step.
+    """
     model.train()
     num_steps = train_steps(cfg)
     losses, lrs, checked = [], [], 0
@@ -147,6 +151,8 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, cfg, device, epoch
             clamp_weights(model, cfg["weight_clip"])
         scheduler.step()
         losses.append(logged_loss(loss.detach(), num_steps))
+        if after_step is not None:
+            after_step(len(losses))
         if len(losses) - checked >= CHECK_EVERY or len(losses) == len(loader):
             # Reading values waits for the device, and under torchrun every rank must take the same
             # decision together: so check every few iterations only, in one collective.
@@ -208,6 +214,7 @@ class Trial:
     files: dict
     logs: runlog.TrialLogs
     run_dir: object
+    snapshots: SnapshotSaver
     state: TrialState = field(default_factory=TrialState)
     write: bool = field(default_factory=distributed.is_main)
 
@@ -226,7 +233,7 @@ def build_training(cfg, device):
     return model, optimizer, scheduler, loss_fn
 
 
-def start_trial(cfg, k, run_dir, device, generator, use_val, resume):
+def start_trial(cfg, k, run_dir, device, generator, use_val, resume, iterations_per_epoch=1):
     """Seed trial k (seed + k), build its training, and restore its last epoch when resuming."""
     seed_everything(cfg["seed"] + k)
     generator.manual_seed(cfg["seed"] + k)
@@ -234,8 +241,10 @@ def start_trial(cfg, k, run_dir, device, generator, use_val, resume):
     network = distributed.wrap(model, device, cfg.get("sync_batch_norm", False))
     files = runlog.trial_files(run_dir, runlog.experiment_name(cfg), k)
     acc_header = ("epoch", "test_acc", *(("val_acc",) if use_val else ()), "train_loss", "train_time")
+    snapshots = SnapshotSaver(cfg, run_dir, runlog.experiment_name(cfg), k, iterations_per_epoch,
+                              write=distributed.is_main())
     trial = Trial(cfg, k, model, network, optimizer, scheduler, loss_fn, files,
-                  runlog.TrialLogs(files, acc_header), run_dir)
+                  runlog.TrialLogs(files, acc_header), run_dir, snapshots)
     if resume and files["last"].exists():
         trial.state = load_last(trial, generator)
         print(f"trial {k}: resuming after epoch {trial.state.epoch} "
@@ -243,8 +252,14 @@ def start_trial(cfg, k, run_dir, device, generator, use_val, resume):
     seed_rank_stream(cfg["seed"] + k, trial.state.epoch)
     if trial.write:
         trial.logs.start(trial.state.epoch)
+        trial.snapshots.start(model, trial.state.iteration, current_lr(optimizer))
         runlog.update_status(run_dir, k, state="running", epochs_completed=trial.state.epoch)
     return trial
+
+
+def current_lr(optimizer):
+    """The LR the next step will use (the schedule's value at this point)."""
+    return optimizer.param_groups[0]["lr"]
 
 
 def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=False, on_epoch=None):
@@ -253,13 +268,18 @@ def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=F
     `generator` is the one the training loader shuffles with; it is re-seeded for the trial.
     `on_epoch(epoch, score)`, if given, is called after each saved epoch (e.g. to prune a search).
     """
-    trial = start_trial(cfg, k, run_dir, device, generator, "val" in loaders, resume)
+    trial = start_trial(cfg, k, run_dir, device, generator, "val" in loaders, resume, len(loaders["train"]))
     with recording_outcome(trial):
         while trial.running():
-            epoch = trial.state.epoch + 1
+            epoch, done = trial.state.epoch + 1, trial.state.iteration
             start = time.perf_counter()
+
+            def after_step(steps, done=done):
+                trial.snapshots.after_step(trial.model, done + steps, current_lr(trial.optimizer))
+
             losses, lrs = train_epoch(trial.network, loaders["train"], trial.optimizer, trial.scheduler,
-                                      trial.loss_fn, cfg, device, epoch, should_stop)
+                                      trial.loss_fn, cfg, device, epoch, should_stop,
+                                      after_step if trial.snapshots.enabled else None)
             train_time = time.perf_counter() - start
             distributed.broadcast_buffers(trial.model)  # every rank evaluates the model that is saved
             meter = EfficiencyMeter(trial.model)
@@ -316,6 +336,7 @@ def save_epoch(trial, losses, lrs, accuracies, efficiency_row, train_time, gener
         runlog.save_checkpoint({"model": trial.model.state_dict(), "optimizer": trial.optimizer.state_dict(),
                                 "scheduler": trial.scheduler.state_dict(), "state": asdict(s),
                                 "rng": rng_states(generator), "config": trial.cfg}, trial.files["last"])
+        trial.snapshots.after_epoch(trial.model, s.iteration, current_lr(trial.optimizer))
         runlog.update_status(trial.run_dir, trial.k, state="running", epochs_completed=epoch,
                              best_score=s.best_score, best_epoch=s.best_epoch)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError

@@ -29,7 +29,7 @@ LOADER_KEYS = ("dataset", "data_dir", "num_steps_train", "num_steps_test", "val_
                "batch_size", "test_batch_size", "tensor_data", "num_workers")
 # Keys that change where or how fast a run goes, not its result: left out of the --set reminder.
 RUN_ONLY_KEYS = {"output_dir", "data_dir", "device", "num_workers", "tensor_data", "time_chunk",
-                 "test_batch_size", "execution"}
+                 "test_batch_size", "execution", "snapshots"}
 # What counts towards --n-trials: others' running trials too, so workers overshoot only if they finish together.
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING")
 HEARTBEAT_S = 60  # a worker killed hard leaves a RUNNING trial; Optuna fails it after 3 missed beats

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-create every run in results/ with the project's own run.py files (CPU: about a day; GPU: minutes).
 #
-#   bash results/reproduce.sh DATA_DIR [paper|schedules]
+#   bash results/reproduce.sh DATA_DIR [paper|schedules|minima]
 #
 # DATA_DIR/MNIST/raw/ holds the four MNIST files (.gz or not); FashionMNIST comes from
 # DATA_DIR/FashionMNIST/raw/ or Debian's dataset-fashion-mnist package. Without a part, both parts run;
@@ -22,6 +22,8 @@ if [ "$PART" != schedules ]; then
 fi
 [ "$PART" = paper ] && exit 0
 
+if [ "$PART" != minima ]; then
+
 # (b) Does the periodic schedule help? FashionMNIST at reduced cost: T=10 steps, 5 epochs for every
 # schedule, 3 seeds. periodic: cosine falling to 0 over 1 epoch (469 iterations) and rising over the next,
 # so epochs 1, 3, 5 end at a trough; monotone: the same cosine stretched over all 5 epochs (no rise);
@@ -38,5 +40,30 @@ for bits in ${PRECISIONS:-4 2 None}; do  # PRECISIONS="None" runs one precision 
     python fashion_mnist/run.py --data_dir "$DATA" --output_dir "$OUT/schedules" \
       --exp_name "fashion_mnist_T10_${precision}_${schedule}" --num_bits "$bits" --num_steps 10 \
       --epochs 5 --patience 5 --num_trials 3 $args --resume
+  done
+done
+fi
+[ "$PART" = schedules ] && exit 0
+
+# (c) Navigating minima (issue 18): the same FashionMNIST network at T=10 for 18 epochs, 3 seeds, one run
+# folder per cell (precision x schedule x seed), snapshots at every epoch end for landscape.py.
+# periodic: cosine falling to 0 over 2 epochs (938 iterations) and rising over the next 2, troughs at
+# epochs 2, 6, 10, 14, 18; monotone: one fall over all 18 epochs (8,442 iterations); constant: the peak lr.
+# Several copies of this part can run at once (one per core): a cell another copy holds is skipped.
+for seed in ${SEEDS:-0 1 2}; do
+  for bits in ${PRECISIONS:-4 None}; do
+    for schedule in periodic monotone constant; do
+      case $schedule in
+        periodic) args="--scheduler cosine --t_max 938" ;;
+        monotone) args="--scheduler cosine --t_max 8442" ;;
+        constant) args="--scheduler constant" ;;
+      esac
+      precision=$([ "$bits" = None ] && echo fp32 || echo "${bits}bit")
+      # shellcheck disable=SC2086
+      python fashion_mnist/run.py --data_dir "$DATA" --output_dir "$OUT/minima" \
+        --exp_name "fashion_mnist_T10_${precision}_${schedule}_s${seed}" --seed "$seed" --num_trials 1 \
+        --num_bits "$bits" --num_steps 10 --epochs 18 --patience 18 --snapshots epoch $args --resume \
+        || echo "cell ${precision}_${schedule}_s${seed} not run here (see the error above)"
+    done
   done
 done
