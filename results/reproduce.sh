@@ -11,18 +11,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data}
 PART=${2:-all}
+case $PART in all|paper|schedules|minima) ;; *) echo "error: unknown part $PART; use paper, schedules or minima" >&2; exit 2 ;; esac
 OUT=${OUT:-results}
 
 # (a) The paper's exact configs (4-bit, T=100, batch 128, periodic cosine with t_max 4,690), one trial
 # of 10 epochs: one fall of the cosine (4,690 iterations), so the last epoch ends at the LR's trough.
-if [ "$PART" != schedules ]; then
+if [ "$PART" = all ] || [ "$PART" = paper ]; then
   for dataset in fashion_mnist mnist; do
     python "$dataset/run.py" --data_dir "$DATA" --output_dir "$OUT/paper" --num_trials 1 --epochs 10 --resume
   done
 fi
-[ "$PART" = paper ] && exit 0
-
-if [ "$PART" != minima ]; then
+if [ "$PART" = all ] || [ "$PART" = schedules ]; then
 
 # (b) Does the periodic schedule help? FashionMNIST at reduced cost: T=10 steps, 5 epochs for every
 # schedule, 3 seeds. periodic: cosine falling to 0 over 1 epoch (469 iterations) and rising over the next,
@@ -43,7 +42,8 @@ for bits in ${PRECISIONS:-4 2 None}; do  # PRECISIONS="None" runs one precision 
   done
 done
 fi
-[ "$PART" = schedules ] && exit 0
+
+if [ "$PART" = all ] || [ "$PART" = minima ]; then
 
 # (c) Navigating minima (issue 18): the same FashionMNIST network at T=10 for 18 epochs, 3 seeds, one run
 # folder per cell (precision x schedule x seed), snapshots at every epoch end for landscape.py.
@@ -67,3 +67,4 @@ for seed in ${SEEDS:-0 1 2}; do
     done
   done
 done
+fi
