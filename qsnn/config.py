@@ -14,6 +14,12 @@ from .errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Keys that may differ when resuming: they change where and how fast, not what is computed. Every other
+# key defines the experiment: a checkpoint whose config differs from its folder's in one is foreign.
+RESUMABLE_KEYS = frozenset({"device", "data_dir", "output_dir", "num_workers", "epochs", "patience",
+                            "num_trials", "execution", "time_chunk", "tensor_data", "test_batch_size",
+                            "snapshots"})
+
 # Keys that also accept None, with the type of their other values.
 NULLABLE = {"num_bits": int, "grad_clip": float, "weight_clip": float, "state_bits": int}
 CHOICES = {

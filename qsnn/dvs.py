@@ -33,9 +33,9 @@ import torch
 from tonic.datasets import DVSGesture
 from tonic.functional import to_frame_numpy
 from tonic.transforms import Downsample
-from tqdm import tqdm
 
 from qsnn.errors import UserError
+from qsnn.progress import progress
 from qsnn.runlog import atomic_path
 
 SENSOR_SIDE = DVSGesture.sensor_size[0]
@@ -159,7 +159,7 @@ def _bin_split(events: DVSGesture, split: str, settings: BinningSettings, cache_
     frames_path, labels_path, files_path = _cache_files(cache_dir, split)
     with atomic_path(frames_path) as tmp:
         frames = np.lib.format.open_memmap(tmp, mode="w+", dtype=FRAME_DTYPE, shape=shape)
-        for row, index in enumerate(tqdm(order, desc=f"binning {split}", unit="sample")):
+        for row, index in enumerate(progress(order, desc=f"binning {split}", unit="sample")):
             frames[row] = _bin_events(events[index][0], shape[1], settings)
         frames.flush()
         del frames

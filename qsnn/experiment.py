@@ -7,14 +7,12 @@ from pathlib import Path
 import torch
 
 from . import distributed, runlog
+from .config import RESUMABLE_KEYS
 from .data import make_loaders
 from .errors import UserError
 from .memory import check_memory, keep_freed_memory
 from .train import NonFiniteLoss, StopRequested, run_trial
 
-# Keys that may differ when resuming: they change where and how fast, not what is computed.
-RESUMABLE_KEYS = {"device", "data_dir", "output_dir", "num_workers", "epochs", "patience",
-                  "num_trials", "execution", "time_chunk", "tensor_data", "test_batch_size", "snapshots"}
 
 
 class Interrupted(UserError):

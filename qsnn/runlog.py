@@ -23,8 +23,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import REPO_ROOT, precision_name, resolve_path
-from .errors import UserError
+from .config import REPO_ROOT, RESUMABLE_KEYS, precision_name, resolve_path
+from .errors import UserError, shorten
 
 # Columns of eff_<exp>_t<k>.csv (qsnn.efficiency writes them, qsnn.results reads them).
 EFFICIENCY_COLUMNS = ("epoch", "rate_conv1", "rate_conv2", "rate_fc", "synops", "synops_conv2", "synops_fc",
@@ -264,6 +264,31 @@ def load_checkpoint(path, required, remedy=RESUME_REMEDY):
         raise UserError(f"{path} is not the kind of checkpoint expected here (it lacks {', '.join(missing)}); "
                         f"{remedy}")
     return checkpoint
+
+
+def differing_experiment_keys(saved, other):
+    """Keys that define the experiment (not RESUMABLE_KEYS) on which two configs disagree (both must have them)."""
+    return sorted(k for k in set(saved) & set(other) if k not in RESUMABLE_KEYS and saved[k] != other[k])
+
+
+def check_checkpoint_matches(path, checkpoint, folder_config):
+    """Refuse, in one line, a checkpoint whose config is not the experiment of its folder's config.json.
+
+    `checkpoint` is what load_checkpoint returned; `folder_config` the config.json's "config" (None: no
+    config.json, nothing to compare with). A checkpoint without a config cannot be vouched for.
+    """
+    if folder_config is None:
+        return
+    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} carries no config, so it cannot be checked against its folder's config.json; "
+                        "it was not written by this program's training: move it out of the folder")
+    differing = differing_experiment_keys(folder_config, saved)
+    if differing:
+        what = ", ".join(f"{k}={shorten(saved[k])} (config.json: {shorten(folder_config[k])})" for k in differing[:4])
+        more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
+        raise UserError(f"{path} belongs to another experiment ({what}{more}); it was copied in from elsewhere: "
+                        "move it out of the folder, or start again with --overwrite")
 
 
 class TrialLogs:

@@ -12,9 +12,8 @@ from functools import lru_cache
 import numpy as np
 import snntorch.functional as SF
 import torch
-from tqdm.auto import tqdm
 
-from . import distributed, runlog
+from . import distributed, progress, runlog
 from .efficiency import EfficiencyMeter
 from .errors import UserError
 from .models import build_model
@@ -137,7 +136,7 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, cfg, device, epoch
     model.train()
     num_steps = train_steps(cfg)
     losses, lrs, checked = [], [], 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=not distributed.is_main())
+    bar = progress.progress(loader, desc=f"epoch {epoch}", leave=False, disable=not distributed.is_main())
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -158,7 +157,7 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, cfg, device, epoch
             # decision together: so check every few iterations only, in one collective.
             check_health(model, losses[checked:], epoch, checked, should_stop(), device)
             checked = len(losses)
-            bar.set_postfix(loss=f"{losses[-1].item():.4f}", lr=f"{lrs[-1]:.2e}")
+            bar.set_postfix(loss=f"{losses[-1].item():.4f}", lr=f"{lrs[-1]:.2e}", refresh=False)
         elif distributed.world_size() == 1 and should_stop():
             raise StopRequested
     return mean_over_ranks(torch.stack(losses), device), lrs
@@ -344,7 +343,7 @@ def save_epoch(trial, losses, lrs, accuracies, efficiency_row, train_time, gener
         trial.state = previous
         raise UserError(f"could not save epoch {epoch} in {trial.run_dir} ({e}); free some space and "
                         "continue with --resume (the files end at the previous epoch)") from None
-    tqdm.write(epoch_summary(trial.cfg, trial.k, epoch, s, row[-2], test_acc, val_acc, lrs[-1], train_time))
+    progress.write(epoch_summary(trial.cfg, trial.k, epoch, s, row[-2], test_acc, val_acc, lrs[-1], train_time))
 
 
 def best_checkpoint(trial, epoch, test_acc, val_acc):
