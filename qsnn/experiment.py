@@ -1,4 +1,5 @@
 """An experiment: the run folder, then num_trials seeded trials, with resume and safe stopping."""
+import re
 import signal
 import sys
 from contextlib import contextmanager
@@ -7,9 +8,9 @@ from pathlib import Path
 import torch
 
 from . import distributed, runlog
-from .config import RESUMABLE_KEYS
+from .config import RESUMABLE_KEYS, check_type, check_writable, validate
 from .data import make_loaders
-from .errors import UserError
+from .errors import UserError, shorten
 from .memory import check_memory, keep_freed_memory
 from .train import NonFiniteLoss, StopRequested, run_trial
 
@@ -70,20 +71,79 @@ def prepare_run_folder(cfg, resume, overwrite):
     distributed.barrier()  # rank 0 has decided; the folder is ready
     saved = saved_config(run_dir) if resume else None
     if saved is not None:
-        cfg = merge_for_resume(saved, cfg)
-        check_epochs_not_shrunk(run_dir, cfg)
+        try:
+            cfg = merge_for_resume(checked_saved_config(run_dir, saved, cfg), cfg)
+            check_epochs_not_shrunk(run_dir, cfg)
+            check_folder_files(run_dir, cfg)
+        except UserError:
+            if lock is not None:
+                lock.close()
+            raise
     return run_dir, cfg, lock
+
+
+def checked_saved_config(run_dir, saved, requested):
+    """The saved config validated like a new one; keys an older version did not have take today's values."""
+    where = f"{run_dir / 'config.json'}"
+    missing = [k for k in requested if k not in saved]
+    if missing:
+        print(f"{where} predates the key(s) {', '.join(missing)}; resuming with "
+              + ", ".join(f"{k}={shorten(requested[k])}" for k in missing), file=sys.stderr)
+    saved = {**{k: requested[k] for k in missing}, **saved}
+    try:
+        for key in requested:
+            saved[key] = check_type(key, saved[key], requested[key])
+        validate({**saved, **{k: requested[k] for k in RESUMABLE_KEYS if k in requested}})
+    except UserError as e:
+        problems = "; ".join(str(e).splitlines())
+        raise UserError(f"{where} holds values this version does not accept ({problems}); repair it, or start "
+                        "again with --overwrite") from None
+    return saved
+
+
+def check_folder_files(run_dir, cfg):
+    """Before anything is cut or written on resume: every trial's checkpoints belong to this experiment
+    and every log row reads back."""
+    record = runlog.read_run_config(run_dir)
+    reference = record["config"] if record is not None else cfg
+    exp = runlog.experiment_name(cfg)
+    for k in range(max(cfg["num_trials"], trials_on_disk(run_dir, exp))):
+        files = runlog.trial_files(run_dir, exp, k)
+        for kind in ("last", "best"):
+            if files[kind].exists() or files[kind].is_symlink():
+                checkpoint = runlog.load_checkpoint(files[kind], ("model",))
+                runlog.check_checkpoint_matches(files[kind], checkpoint, reference)
+        for kind in ("loss", "lr", "acc", "eff"):
+            runlog.read_log_rows(files[kind])
+
+
+def trials_on_disk(run_dir, exp):
+    """1 + the largest trial index that has a checkpoint in the folder (0 if none)."""
+    indices = [int(m.group(1)) for p in run_dir.glob(f"*{exp}_t*.pt")
+               if (m := re.fullmatch(rf"(?:last_)?{re.escape(exp)}_t(\d+)\.pt", p.name))]
+    return max(indices, default=-1) + 1
 
 
 def set_up_folder(run_dir, cfg, resume, overwrite):
     """Rank 0, holding the lock: delete (--overwrite), refuse a collision, create, and clean the folder."""
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        kind = "a link" if run_dir.is_symlink() else "a file"
+        raise UserError(f"the run folder {run_dir} is {kind}, not a folder; move it away or choose another "
+                        "--exp_name")
     if overwrite and run_dir.exists():
         runlog.remove_run_folder(run_dir)
     if resume and not run_dir.exists():
         print(f"--resume: nothing to resume in {run_dir}; starting a new run there")
     elif not resume and has_results(run_dir):
         raise UserError(collision_message(run_dir, saved_config(run_dir), cfg))
-    run_dir.mkdir(exist_ok=True)
+    try:
+        run_dir.mkdir(exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the run folder {run_dir} ({e.strerror}); choose another --output_dir") from None
+    problem = check_writable(run_dir)
+    if problem:
+        raise UserError(f"the run folder {run_dir} is not writable; make it writable or choose another "
+                        "--output_dir or --exp_name")
     runlog.remove_stale_temp_files(run_dir)
 
 

@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -38,17 +39,34 @@ def experiment_name(cfg):
     return cfg["exp_name"] or f"{cfg['dataset']}_{precision_name(cfg['num_bits'])}_{cfg['scheduler']}"
 
 
-def check_folder_name(name):
-    """Refuse a run-folder name that is not one plain folder name (it could reach outside output_dir)."""
+NAME_MAX = 255  # the longest file name Linux, macOS and Windows file systems all accept
+
+
+def check_folder_name(name, num_trials=1):
+    """Refuse a run-folder name that is not one plain folder name (it could reach outside output_dir),
+    or so long that a file the run writes (temporary names included) would not fit in a file name."""
     if name in ("", ".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
-        raise UserError(f"--exp_name {name!r} is not allowed; use a plain folder name such as my_run "
+        raise UserError(f"--exp_name {shorten(name)} is not allowed; use a plain folder name such as my_run "
                         "(no path separators, not starting with a dot)")
+    longest = longest_file_name(name, num_trials)
+    if longest > NAME_MAX:
+        room = len(name) - (longest - NAME_MAX)
+        raise UserError(f"--exp_name of {len(name)} characters is too long: the run's files would get names of "
+                        f"{longest} characters (at most {NAME_MAX}); use at most {max(room, 1)} characters")
+
+
+def longest_file_name(exp, num_trials=1):
+    """Length of the longest name a run folder of this experiment gets: its files' temporary names."""
+    names = [*(p.name for p in trial_files(Path("."), exp, max(num_trials - 1, 0)).values()),
+             f"snapshots_{exp}_t{max(num_trials - 1, 0)}"]
+    # atomic_path's temporary name: "." + name + "." + 8 random characters + the name's suffix
+    return max(len(f".{n}.12345678{Path(n).suffix}") for n in names)
 
 
 def run_folder(cfg):
     """The experiment's folder: always a direct child of output_dir."""
     name = experiment_name(cfg)
-    check_folder_name(name)
+    check_folder_name(name, cfg.get("num_trials", 1))
     return resolve_path(cfg["output_dir"]) / name
 
 
@@ -68,16 +86,25 @@ def lock_run_folder(run_dir):
     """Hold an exclusive lock on a run folder for this process's life; refuse if another run holds it.
 
     The lock file sits beside the folder (so --overwrite can delete the folder while holding it) and the
-    operating system releases the lock when the process ends, however it ends.
+    operating system releases the lock when the process ends, however it ends. It is opened without
+    following links and must be a plain file: a link there could make the PID overwrite any file.
     """
     run_dir = Path(run_dir)
     path = run_dir.parent / f".{run_dir.name}.lock"
-    handle = open(path, "a+")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else None
+        what = f"is {kind}, not a lock file this program made" if kind else f"cannot be opened ({e.strerror})"
+        raise UserError(f"the lock file {path} {what}; remove it yourself or choose another --exp_name") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"the lock file {path} is not a plain file; remove it yourself or choose another --exp_name")
+    handle = os.fdopen(fd, "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
+        owner = "".join(c for c in handle.read(32) if c.isdigit()) or "unknown"
         handle.close()
         raise UserError(f"another run (process {owner}) is writing to {run_dir}; wait for it to end or "
                         "choose another --exp_name") from None
@@ -205,8 +232,9 @@ def write_run_config(run_dir, cfg, device, resumed=False):
 def read_json_object(path):
     """The JSON object in path, None if the file is absent; a damaged file is one UserError line."""
     path = Path(path)
+    refuse_link(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
@@ -216,6 +244,13 @@ def read_json_object(path):
         raise UserError(f"{path} does not hold a JSON object; repair or delete it, or start the run again "
                         "with --overwrite")
     return data
+
+
+def refuse_link(path):
+    """A file this program reads back or rewrites must not be a link: it could lead anywhere."""
+    if Path(path).is_symlink():
+        raise UserError(f"{path} is a link, which this program never makes; replace it with the file itself "
+                        "or remove it")
 
 
 def read_run_config(run_dir):
@@ -255,6 +290,7 @@ def load_checkpoint(path, required, remedy=RESUME_REMEDY):
     """
     import torch
 
+    refuse_link(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, pickled code: torch raises many kinds
@@ -302,12 +338,17 @@ class TrialLogs:
 
     def start(self, completed_epochs):
         """Begin empty logs, or cut existing ones back to the epochs a resume checkpoint holds."""
+        kept = self.rows_to_keep(completed_epochs)
         for kind, path in self.paths.items():
-            rows = []
-            if completed_epochs and path.exists():
-                lines = path.read_text().splitlines()[1:]
-                rows = [line for line in lines if line and int(line.split(",", 1)[0]) <= completed_epochs]
-            write_text(path, "\n".join([",".join(self.headers[kind]), *rows]) + "\n")
+            write_text(path, "\n".join([",".join(self.headers[kind]), *kept[kind]]) + "\n")
+
+    def rows_to_keep(self, completed_epochs):
+        """{kind: the rows of epochs <= completed_epochs}, after checking every row (nothing is written)."""
+        kept = {kind: [] for kind in self.paths}
+        if completed_epochs:
+            for kind, path in self.paths.items():
+                kept[kind] = [line for epoch, line in read_log_rows(path) if epoch <= completed_epochs]
+        return kept
 
     def append_epoch(self, epoch, first_iteration, losses, lrs, acc_row, eff_row):
         """Append one epoch's rows to each file (flushed and fsynced); returns the old sizes for rollback."""
@@ -331,6 +372,37 @@ class TrialLogs:
         for kind, size in sizes.items():
             with open(self.paths[kind], "r+") as f:
                 f.truncate(size)
+
+
+def read_log_rows(path):
+    """[(epoch, line)] of a CSV log this program wrote, each row checked against the file's own header
+    (numbers only, as many as the header has columns); a damaged row is one UserError."""
+    path = Path(path)
+    refuse_link(path)
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not a text log (undecodable bytes at offset {e.start}); "
+                        f"{LOG_REMEDY}") from None
+    rows, columns = [], len(lines[0].split(",")) if lines else 0
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        fields = line.split(",")
+        try:
+            epoch = int(fields[0])
+            [float(v) for v in fields[1:]]
+        except ValueError:
+            epoch = None
+        if epoch is None or epoch < 1 or len(fields) != columns:
+            raise UserError(f"{path} line {number} is not a log row ({shorten(line)}); {LOG_REMEDY}")
+        rows.append((epoch, line))
+    return rows
+
+
+LOG_REMEDY = "delete that line or file to redo the trial from its checkpoint's epoch, or start again with --overwrite"
 
 
 def csv_line(row):
