@@ -220,7 +220,7 @@ class QSNN(nn.Module):
         problems = self.unsupported_by_fast()
         if problems:
             raise UserError(f"the fast execution does not implement {'; '.join(problems)}; "
-                            "use execution='reference'")
+                            "run with --execution reference")
         layers, out = [], x
         for i, block in enumerate(self.blocks):
             out, mem = block.run(out, self.slope, num_steps if i == 0 else None, self.time_chunk)
