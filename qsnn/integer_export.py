@@ -4,12 +4,15 @@ Reads Brevitas' integer weight codes and the eval-mode BatchNorm of a run folder
 bundle that qsnn.deploy runs with NumPy alone, and compares both networks' outputs on the test set.
 """
 import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
 
-from .deploy import IMAGE_DATASETS, build_bundle, input_codes, predictions, run_bundle
-from .errors import UserError
+from .deploy import EVENT_COUNT_LIMIT, IMAGE_DATASETS, build_bundle, input_codes, predictions, run_bundle
+from .errors import UserError, shorten
+from .progress import progress
 
 # ---------------------------------------------------------------- from a trained PyTorch model (needs torch)
 
@@ -59,7 +62,7 @@ def weight_codes(layer):
 
 def layer_specs(model, input_info):
     """The real description of each layer (integer codes and float64 scales, gains, offsets) of a QSNN."""
-    max_code = input_info["max_code"] if input_info["max_code"] is not None else 2 ** 15 - 1
+    max_code = input_info["max_code"] if input_info["max_code"] is not None else EVENT_COUNT_LIMIT
     specs, scale, max_input = [], input_info["scale"], max_code
     modules = [(block.conv, block.bn, True, "conv") for block in model.blocks]
     modules.append((model.head.fc, None, False, "linear"))
@@ -125,6 +128,10 @@ def known_config_keys():
     return keys
 
 
+CHECKPOINT_REMEDY = ("the integer export cannot load the checkpoint: put the trial's own file back, or train "
+                     "the trial again")
+
+
 def read_json(path, what):
     """A JSON file, or a one-line UserError naming what it should have been."""
     try:
@@ -132,46 +139,117 @@ def read_json(path, what):
     except FileNotFoundError:
         raise UserError(f"{Path(path).parent} is not a run folder ({what}, {Path(path).name}, is missing)") from None
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({type(e).__name__}: {e})") from None
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {shorten(str(e))})") from None
 
 
 def best_trial(run_dir):
     """The trial with the best score in status.json (0 when there is no status)."""
+    from .runlog import read_status
+
     path = Path(run_dir) / "status.json"
-    trials = read_json(path, "status file").get("trials", {}) if path.exists() else {}
-    scored = [(entry.get("best_score", -1.0), -int(k), int(k)) for k, entry in trials.items()]
+    scored = []
+    for key, entry in read_status(run_dir).items():
+        score = entry.get("best_score", -1.0)
+        if not re.fullmatch(r"\d+", key) or (score is not None and not isinstance(score, (int, float))):
+            raise UserError(f"{path}: trial {shorten(key)} has best_score {shorten(score)}; repair or delete "
+                            "status.json, or name the trial with --trial")
+        scored.append((-1.0 if score is None else score, -int(key), int(key)))
     return max(scored)[2] if scored else 0
 
 
+def trials_with_checkpoints(run_dir, exp):
+    """Sorted indices k of the best checkpoints <exp>_t<k>.pt in a run folder."""
+    pattern = re.compile(rf"{re.escape(exp)}_t(\d+)\.pt")
+    return sorted(int(m.group(1)) for p in Path(run_dir).glob(f"{exp}_t*.pt") if (m := pattern.fullmatch(p.name)))
+
+
+def run_config(run_dir):
+    """(config, experiment name) of a run folder's config.json, refused in one line when unusable."""
+    from .config import CHOICES
+
+    path = run_dir / "config.json"
+    record = read_json(path, "its config")
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise UserError(f"{path} is not a run's config.json (no 'config' entry)")
+    cfg = record["config"]
+    if cfg.get("dataset") not in CHOICES["dataset"]:
+        raise UserError(f"{path}: dataset {shorten(cfg.get('dataset'))} is not one of "
+                        f"{', '.join(CHOICES['dataset'])}; repair config.json")
+    exp = record.get("exp_name") or cfg.get("exp_name")
+    if exp is not None and (not isinstance(exp, str) or exp.startswith(".") or any(c in exp for c in "/\\\0")):
+        raise UserError(f"{path}: exp_name {shorten(exp)} is not a plain name; repair config.json")
+    if not exp:
+        from .runlog import experiment_name
+
+        try:
+            exp = experiment_name(cfg)
+        except KeyError as e:
+            raise UserError(f"{path}: its config lacks {e}; repair config.json") from None
+    return cfg, exp
+
+
+def check_test_steps(cfg, path):
+    """Refuse a config whose test-time num_steps (the bundle records it) is not an integer >= 1."""
+    steps = cfg.get("num_steps_test", cfg.get("num_steps"))
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(f"{path}: num_steps {shorten(steps)} is not an integer of at least 1; repair config.json")
+
+
+def check_state_dict(path, state):
+    """Refuse a checkpoint whose "model" entry is not a state_dict (a dict of named tensors)."""
+    import torch
+
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()):
+        raise UserError(f"{path}: its 'model' entry is {type(state).__name__}, not a dict of named tensors; it was "
+                        "not written by this program's training: move it out of the folder")
+
+
+def plain_number(value):
+    """A checkpoint's int or finite float fact as itself, anything else (a tensor, NaN) as None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def load_trial(run_dir, trial=None):
-    """(config, model in eval mode, checkpoint facts) from the best checkpoint of a trial of a run folder."""
+    """(config, model in eval mode, checkpoint facts) from the best checkpoint of a trial of a run folder.
+
+    The checkpoint is checked against the folder's config.json before anything is built from it: a file
+    copied in from another experiment would otherwise give that experiment's weights this run's name.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder")
-    record = read_json(run_dir / "config.json", "its config")
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise UserError(f"{run_dir / 'config.json'} is not a run's config.json (no 'config' entry)")
-    cfg = record["config"]
+    cfg, exp = run_config(run_dir)
     check_supported_config(cfg)
-    import torch  # only now: refusals above need no torch
-
-    from . import runlog
+    check_test_steps(cfg, run_dir / "config.json")
+    from . import runlog  # torch only from here on: the refusals above need none
     from .models import build_model
 
     trial = best_trial(run_dir) if trial is None else trial
-    path = runlog.trial_files(run_dir, record.get("exp_name") or runlog.experiment_name(cfg), trial)["best"]
+    path = runlog.trial_files(run_dir, exp, trial)["best"]
     if not path.is_file():
-        raise UserError(f"trial {trial} has no best checkpoint in {run_dir} ({path.name} is missing)")
-    model = build_model(cfg)
+        present = trials_with_checkpoints(run_dir, exp)
+        hint = (f"trials with one: {', '.join(map(str, present))}; choose one with --trial" if present
+                else "train the run first")
+        raise UserError(f"trial {trial} has no best checkpoint in {run_dir} ({path.name} is missing); {hint}")
+    checkpoint = runlog.load_checkpoint(path, ("model",), remedy=CHECKPOINT_REMEDY)
+    runlog.check_checkpoint_matches(path, checkpoint, cfg)
+    check_state_dict(path, checkpoint["model"])
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(cfg)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{run_dir / 'config.json'}: its config cannot build the network ({type(e).__name__}: "
+                        f"{shorten(str(e))}); repair config.json") from None
+    try:
         model.load_state_dict(checkpoint["model"])
-    except Exception as e:  # unpickling, zip and key errors all mean the same: a damaged file
-        raise UserError(f"cannot load the checkpoint {path} ({type(e).__name__}); it is damaged or not this "
-                        "run's model") from None
+    except (RuntimeError, KeyError, ValueError) as e:  # missing or unexpected keys, other shapes
+        raise UserError(f"cannot load the checkpoint {path} into the network of config.json "
+                        f"({type(e).__name__}: {shorten(str(e))}); it is damaged or not this run's model") from None
     model.execution = "fast"
     source = {"run_dir": str(run_dir.resolve()), "trial": trial, "checkpoint": path.name,
-              "epoch": checkpoint.get("epoch"), "test_acc": checkpoint.get("test_acc")}
+              "epoch": plain_number(checkpoint.get("epoch")), "test_acc": plain_number(checkpoint.get("test_acc"))}
     return cfg, model.eval(), source
 
 
@@ -232,7 +310,8 @@ def compare_widths(model, bundles, x, y, num_steps, batch_size=32):
     ref_pred, same_pred = predictions(reference), predictions(same)
     rows = [("PyTorch (fast, fp32)", 100.0 * np.mean(ref_pred == y), 100.0, 0.0,
              100.0 * np.mean(same_pred == ref_pred), 100.0 * np.mean(same != reference), None)]
-    for name, bundle in bundles:
+    # One step per width: each runs the whole test set through the NumPy runtime (minutes on DVS Gesture).
+    for name, bundle in progress(bundles, desc="integer networks", unit="width"):
         spikes, saturated = integer_output_spikes(bundle, x, num_steps, batch_size)
         pred = predictions(spikes)
         rows.append((name, 100.0 * np.mean(pred == y), 100.0 * np.mean(pred == ref_pred),
