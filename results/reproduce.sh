@@ -49,22 +49,11 @@ if [ "$PART" = all ] || [ "$PART" = minima ]; then
 # folder per cell (precision x schedule x seed), snapshots at every epoch end for landscape.py.
 # periodic: cosine falling to 0 over 2 epochs (938 iterations) and rising over the next 2, troughs at
 # epochs 2, 6, 10, 14, 18; monotone: one fall over all 18 epochs (8,442 iterations); constant: the peak lr.
-# Several copies of this part can run at once (one per core): a cell another copy holds is skipped.
-for seed in ${SEEDS:-0 1 2}; do
-  for bits in ${PRECISIONS:-4 None}; do
-    for schedule in periodic monotone constant; do
-      case $schedule in
-        periodic) args="--scheduler cosine --t_max 938" ;;
-        monotone) args="--scheduler cosine --t_max 8442" ;;
-        constant) args="--scheduler constant" ;;
-      esac
-      precision=$([ "$bits" = None ] && echo fp32 || echo "${bits}bit")
-      # shellcheck disable=SC2086
-      python fashion_mnist/run.py --data_dir "$DATA" --output_dir "$OUT/minima" \
-        --exp_name "fashion_mnist_T10_${precision}_${schedule}_s${seed}" --seed "$seed" --num_trials 1 \
-        --num_bits "$bits" --num_steps 10 --epochs 18 --patience 18 --snapshots epoch $args --resume \
-        || echo "cell ${precision}_${schedule}_s${seed} not run here (see the error above)"
-    done
-  done
-done
+# The cells are the grid results/sweeps/minima.json, trained by sweep.py in priority order (seed 0 of every
+# precision and schedule first), each as `python fashion_mnist/run.py ... --resume`; see them with
+#   python sweep.py results/sweeps/minima.json --dry-run
+# Several copies of this part can run at once (one per core or GPU): each cell is claimed by one copy, in
+# $OUT/minima.sweep.db; on several machines, give them one database, e.g.
+# STORAGE=postgresql+psycopg2://user:password@dbhost/qsnn. A killed copy's cell goes to the next copy started.
+python sweep.py results/sweeps/minima.json --data_dir "$DATA" --output_dir "$OUT/minima" ${STORAGE:+--storage "$STORAGE"}
 fi
