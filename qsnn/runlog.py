@@ -202,6 +202,17 @@ def git_commit():
         return None
 
 
+def execution_context():
+    """Threads and processes: CPU results are bit-identical across runs only at equal thread counts."""
+    import torch
+
+    from . import distributed
+
+    return {"world_size": distributed.world_size(),
+            "threads": {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
+                        **{name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}}
+
+
 def device_name(device):
     """The GPU's name, or the CPU's."""
     if device.type == "cuda":
@@ -219,7 +230,9 @@ def write_run_config(run_dir, cfg, device, resumed=False):
     """
     session = {"versions": package_versions(), "device": str(device), "device_name": device_name(device),
                "git_commit": git_commit(), "created": datetime.datetime.now().isoformat(timespec="seconds"),
-               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+               "script": str(Path(sys.argv[0]).resolve()) if sys.argv and sys.argv[0] else None,
+               **execution_context()}
     previous = read_run_config(run_dir) if resumed else None
     if previous is None:
         record = {"exp_name": experiment_name(cfg), "dataset": cfg["dataset"],
