@@ -96,7 +96,8 @@ def replace_between(text, markers, content):
 def main():
     table = run("extract_test_set_accuracy.py", "results", "--out", "results/test_set_accuracy.csv")
     table = "\n".join(line for line in table.splitlines() if line.startswith("|"))
-    run("plot_results.py", "results", "--out", "results/figures", "--lr", "--window", "100")
+    run("plot_results.py", "results", "--out", "results/figures", "--per-folder", "--skip-unfinished", "--lr",
+        "--memory", "--panels", "precision", "--skip-iterations", "50", "--window", "100")
     for pdf in (ROOT / "results" / "figures").glob("*.pdf"):
         pdf.unlink()  # the repository keeps the small PNGs only
     readme = replace_between((ROOT / "README.md").read_text(), (START, END), table)
