@@ -5,74 +5,264 @@
     python evaluate.py CHECKPOINT --data_dir /data --device cuda --execution reference
 
 The network, time steps and dataset come from the checkpoint's own config. A checkpoint is read with
-torch.load(weights_only=True), so a file received from someone else cannot run code.
+torch.load(weights_only=True), so a file received from someone else cannot run code. Everything in it
+is checked before use (its config's keys, types and ranges, its weights, the folder it sits in), and a
+problem is one `error:` line.
 """
 import argparse
+import re
+import runpy
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
 
-from qsnn.errors import UserError  # noqa: E402
+from qsnn.errors import UserError, shorten  # noqa: E402
+
+REMEDY = "give a <exp>_t<k>.pt or last_<exp>_t<k>.pt file that training wrote"
+# The config keys evaluation reads (build_model, make_loaders); the time steps come from the dataset's run.py.
+MODEL_KEYS = ("dataset", "num_bits", "beta", "threshold", "slope", "dropout", "batch_norm")
+RUN_KEYS = ("execution", "time_chunk", "data_dir", "test_batch_size", "tensor_data", "num_workers")
+OVERRIDABLE = ("data_dir", "execution", "test_batch_size")  # keys the command line can supply
+OPTIONAL_KEYS = ("state_bits",)  # older checkpoints predate it; build_model reads None then
+RUN_PY_OF = {"mnist": "mnist", "digits": "mnist", "fashion_mnist": "fashion_mnist", "dvs128_gesture": "dvs128_gesture"}
+PLAIN_TYPES = (type(None), bool, int, float, str)  # what training writes into a checkpoint's config
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d{1,4})?")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports mistakes as a UserError (one line, exit code 2) instead of usage text."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python evaluate.py --help)")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, with unknown arguments cut in the message (they can be any length)."""
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {shorten(' '.join(extras))}")
+        return namespace
+
+
+def integer(text):
+    """argparse type: an int, the text cut in the message if it is not one."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {shorten(text)}") from None
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """The evaluate.py command line."""
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a <exp>_t<k>.pt or last_<exp>_t<k>.pt file")
     parser.add_argument("--data_dir", help="where the dataset is (default: the checkpoint's config)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--execution", choices=("fast", "reference"), help="default: the checkpoint's")
-    parser.add_argument("--test_batch_size", type=int, help="default: the checkpoint's")
+    parser.add_argument("--execution", help="fast | reference (default: the checkpoint's)")
+    parser.add_argument("--test_batch_size", type=integer, help="default: the checkpoint's")
     return parser.parse_args(argv)
 
 
-def test_config(saved, args):
-    """The checkpoint's config with the evaluation-only overrides, validated like a run's."""
+def check_device_arg(name):
+    """Refuse an unusable --device in one line (the name is cut: it comes from the command line)."""
     from qsnn.config import check_device
 
-    cfg = dict(saved)
-    for key in ("data_dir", "execution", "test_batch_size"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    problem = check_device(args.device)
+    if not DEVICE_NAME.fullmatch(name):
+        raise UserError(f"--device {shorten(name)} is not allowed; use auto, cpu, cuda or cuda:N")
+    problem = check_device(name)
     if problem:
         raise UserError(problem)
-    if cfg["test_batch_size"] < 1:
-        raise UserError("--test_batch_size must be >= 1")
-    return {**cfg, "device": args.device, "val_split": 0.0}
+
+
+def check_checkpoint_path(path):
+    """Refuse a path that is not a checkpoint file, saying what to give instead (a folder: one of its files)."""
+    try:
+        check_is_file(Path(path))
+    except OSError as e:  # a name too long for the file system, say
+        raise UserError(f"{shorten(str(path))}: {e.strerror}; give a checkpoint such as runs/<exp>/<exp>_t0.pt") \
+            from None
+
+
+def check_is_file(path):
+    """check_checkpoint_path's tests, which may raise OSError for a path the file system cannot take."""
+    if path.is_dir():
+        found = sorted((p.name for p in path.glob("*.pt")), key=lambda name: (name.startswith("last_"), name))
+        kind = "a run folder" if (path / "config.json").is_file() else "a folder"
+        if not found:
+            raise UserError(f"{path} is {kind} without checkpoints (*.pt); give a checkpoint file such as "
+                            "runs/<exp>/<exp>_t0.pt")
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        raise UserError(f"{path} is {kind}; give one of its checkpoints, e.g. {path / found[0]} "
+                        f"(it holds {', '.join(found[:5])}{more})")
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give a checkpoint such as runs/<exp>/<exp>_t0.pt")
+    if not path.is_file():  # a device or a pipe: torch.load could read it forever
+        raise UserError(f"{path} is not a regular file; {REMEDY}")
+
+
+def check_structure(path, checkpoint):
+    """Refuse a checkpoint whose "model" is not a state dict or whose "config" is not a dict of plain values."""
+    import torch
+
+    model, cfg = checkpoint["model"], checkpoint["config"]
+    if not (isinstance(model, dict) and model
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items())):
+        what = ("an empty dict" if not model else "a dict of other things") if isinstance(model, dict) \
+            else f"a {type(model).__name__}"
+        raise UserError(f"{path}: its \"model\" entry is {what}, not a state dict (names to tensors), so it holds "
+                        f"no weights to evaluate; {REMEDY}")
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: its \"config\" entry is a {type(cfg).__name__}, not a dict of config keys; {REMEDY}")
+    for key, value in cfg.items():
+        if not isinstance(key, str) or not isinstance(value, PLAIN_TYPES):
+            raise UserError(f"{path}: its config's entry {shorten(key)} holds a {type(value).__name__}, "
+                            f"not a plain value (number, text, true/false or null); {REMEDY}")
+
+
+def check_folder(path, checkpoint):
+    """Refuse a checkpoint that sits in a run folder whose config.json describes another experiment."""
+    from qsnn import runlog
+
+    record = runlog.read_run_config(Path(path).parent)
+    runlog.check_checkpoint_matches(path, checkpoint, None if record is None else record["config"])
+
+
+def run_py_defaults(path, cfg):
+    """The config of the checkpoint's dataset's run.py: the reference for its keys and their types."""
+    from qsnn.config import CHOICES, REPO_ROOT
+
+    if "dataset" not in cfg:
+        raise UserError(f"{path}: its config lacks dataset, so the network it holds is unknown; {REMEDY}")
+    if cfg["dataset"] not in RUN_PY_OF:
+        raise UserError(f"{path}: its config's dataset {shorten(cfg['dataset'])} is not one of "
+                        f"{', '.join(CHOICES['dataset'])}; {REMEDY}")
+    return runpy.run_path(str(REPO_ROOT / RUN_PY_OF[cfg["dataset"]] / "run.py"))["config"]
+
+
+def evaluation_view(path, cfg, defaults):
+    """The keys evaluation reads, every one present: a missing key is named, never filled in."""
+    steps = [k for k in ("num_steps", "num_steps_train", "num_steps_test") if k in defaults]
+    needed = [*MODEL_KEYS, *steps, *RUN_KEYS]
+    missing = [k for k in needed if k not in cfg]
+    if missing:
+        given = [f"--{k}" for k in missing if k in OVERRIDABLE]
+        hint = f" (give {', '.join(given)} on the command line)" if given and len(given) == len(missing) else ""
+        raise UserError(f"{path}: its config lacks {', '.join(missing)}, which evaluation needs{hint}; it was not "
+                        f"written by this version's training: {REMEDY}")
+    return {k: cfg[k] for k in [*needed, *OPTIONAL_KEYS] if k in cfg}
+
+
+def check_value_types(path, view, defaults):
+    """Each value has its run.py default's type and, for integers, fits in 64 bits (their text can be huge)."""
+    from qsnn.config import CHOICES, NULLABLE, check_type
+
+    for key, value in view.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 63:
+            raise UserError(f"{path}: its config's {key} is an integer of {value.bit_length()} bits, far out of "
+                            f"range; {REMEDY}")
+        try:
+            view[key] = check_type(key, value, defaults[key])
+        except UserError:
+            allowed = NULLABLE.get(key, type(defaults[key])).__name__ + (" or None" if key in NULLABLE else "")
+            raise UserError(f"{path}: its config's {key} is {shorten(value)}, not {allowed}; {REMEDY}") from None
+        if key in CHOICES and view[key] not in CHOICES[key]:
+            raise UserError(f"{path}: its config's {key} {shorten(value)} is not allowed; it must be one of "
+                            f"{', '.join(CHOICES[key])}")
+
+
+def check_values(path, view):
+    """The project's validation of a config (ranges, finiteness) on the keys evaluation reads, as one line."""
+    from qsnn.config import validate
+
+    # validate also probes output_dir for writing; evaluation writes nothing, so it probes the temp folder.
+    try:
+        validate({**view, "device": "cpu", "output_dir": tempfile.gettempdir()})
+    except UserError as e:
+        raise UserError(f"{path}: its config is not valid: {'; '.join(str(e).splitlines())}") from None
+
+
+def check_activations(cfg, device):
+    """Refuse, before any data is read, a test batch whose activations cannot fit in the device's memory."""
+    from qsnn.memory import activation_bytes, available_bytes
+
+    _, needed = activation_bytes({**cfg, "batch_size": cfg["test_batch_size"]})
+    available = available_bytes(device)
+    if available is not None and needed > available:
+        raise UserError(f"one test batch needs about {needed / 2**30:.1f} GiB of activations but {device} has "
+                        f"{available / 2**30:.1f} GiB available; lower --test_batch_size")
+
+
+def check_overrides(args):
+    """Refuse a command-line override that no run could use (before the checkpoint is read)."""
+    from qsnn.config import CHOICES
+
+    if args.execution is not None and args.execution not in CHOICES["execution"]:
+        raise UserError(f"--execution {shorten(args.execution)} is not allowed; choose one of "
+                        f"{', '.join(CHOICES['execution'])}")
+    if args.test_batch_size is not None and args.test_batch_size < 1:
+        raise UserError(f"--test_batch_size {shorten(args.test_batch_size)} is not allowed; must be >= 1, "
+                        "e.g. --test_batch_size 1000")
+
+
+def test_config(path, checkpoint, args):
+    """The checkpoint's config with the evaluation-only overrides, every key checked like a run's."""
+    cfg = dict(checkpoint["config"])
+    for key in OVERRIDABLE:
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    defaults = run_py_defaults(path, cfg)
+    view = evaluation_view(path, cfg, defaults)
+    check_value_types(path, view, defaults)
+    check_values(path, view)
+    # The train loader make_loaders also builds is never used: it batches like the test one.
+    return {**view, "batch_size": view["test_batch_size"], "device": args.device, "val_split": 0.0}
+
+
+def read_checkpoint(path):
+    """The checkpoint at path, loaded and checked: a state dict, a config of plain values, the right folder."""
+    from qsnn import runlog
+
+    check_checkpoint_path(path)
+    checkpoint = runlog.load_checkpoint(path, ("model", "config"), remedy=REMEDY)
+    check_structure(path, checkpoint)
+    check_folder(path, checkpoint)
+    return checkpoint
 
 
 def evaluate_checkpoint(path, args):
     """(config, accuracy in percent, efficiency figures as in an eff CSV) of a checkpoint on its test set."""
     import torch
 
-    from qsnn import runlog
     from qsnn.data import make_loaders
+    from qsnn.efficiency import COLUMNS, EfficiencyMeter
     from qsnn.experiment import resolve_device
     from qsnn.models import build_model
-    from qsnn.efficiency import COLUMNS, EfficiencyMeter
+    from qsnn.progress import progress
     from qsnn.train import evaluate, test_steps
 
-    if not Path(path).is_file():
-        raise UserError(f"{path} does not exist; give a checkpoint such as runs/<exp>/<exp>_t0.pt")
-    checkpoint = runlog.load_checkpoint(path, ("model", "config"),
-                                        remedy="give a <exp>_t<k>.pt or last_<exp>_t<k>.pt file that training wrote")
-    cfg = test_config(checkpoint["config"], args)
+    check_device_arg(args.device)
+    check_overrides(args)
+    checkpoint = read_checkpoint(path)
+    cfg = test_config(path, checkpoint, args)
     device = resolve_device(cfg["device"])
+    check_activations(cfg, device)
     model = build_model(cfg).to(device)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError:
         raise UserError(f"{path}: its weights do not fit the network its config describes") from None
-    loaders = make_loaders(cfg, device, torch.Generator())
+    loader = make_loaders(cfg, device, torch.Generator())["test"]
     meter = EfficiencyMeter(model)
-    accuracy = evaluate(model, loaders["test"], test_steps(cfg), device, meter)
+    batches = progress(loader, desc="test batches", total=len(loader), unit="batch")
+    accuracy = evaluate(model, batches, test_steps(cfg), device, meter)
     return cfg, accuracy, dict(zip(COLUMNS[1:], meter.row()))
 
 
 def main(argv=None):
-    args = parse(argv)
+    """evaluate.py: prints the checkpoint's figures; returns the exit code (2 for a user mistake)."""
     try:
+        args = parse(argv)
         cfg, accuracy, figures = evaluate_checkpoint(args.checkpoint, args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

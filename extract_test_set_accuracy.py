@@ -9,6 +9,8 @@ the test accuracy at the best-validation epoch where logged, and efficiency figu
 eff_<exp>_t<k>.csv exists.
 
 Relative paths (ROOT, --out) are taken from the current directory; ROOT defaults to the repository.
+Damaged or foreign files under ROOT (bad JSON, garbage CSV rows, bytes that are not UTF-8, folder
+names that are not UTF-8) are skipped or shown escaped, each with one `warning:` line.
 """
 
 import argparse
@@ -63,10 +65,10 @@ def main(argv=None) -> int:
             table = results.accuracy_table(results.find_runs(args.root, args.include_tuning))
         path = results.write_table(table, args.out)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {results.printable(str(exc))}", file=sys.stderr)  # one line, whatever the paths hold
         return exc.exit_code
     print(results.to_markdown(table))
-    print(f"wrote {path}", file=sys.stderr)
+    print(f"wrote {results.printable(str(path))}", file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,12 @@ A run folder holds a config.json with the keys "dataset" and "config"; trial k l
 {acc,loss,lr,eff}_<exp>_t<k>.csv. A table row is an experiment: the config without RUN_TIME_KEYS, so
 folders of one experiment pool their trials. Unreadable data is skipped with a ResultsWarning naming
 the file; UserError is raised only when nothing at all is usable.
+
+Everything read back is untrusted: config.json and status.json are checked where they are read
+(_read_meta, read_status), CSV logs row by row (read_log). Text that reaches the table, a figure or a
+message goes through `printable`: folder names that are not UTF-8 (surrogate escapes from os.walk,
+kept as they are in Run.folder and Run.name to open the files) and control characters become
+backslash escapes, so output stays one line per row and encodable.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import pandas as pd
 
 from qsnn.config import precision_name
 from qsnn.runlog import EFFICIENCY_COLUMNS
-from qsnn.errors import UserError
+from qsnn.errors import MESSAGE_VALUE_CHARS, UserError, shorten
 
 # Folders that never hold runs but can be huge (datasets, environments).
 SKIP_DIRS = frozenset({".git", "venv", ".venv", "site-packages", "data", "__pycache__", ".pytest_cache",
@@ -48,6 +54,7 @@ LOG_COLUMNS = {"acc": ("epoch", "test_acc"), "loss": ("iteration", "loss"), "lr"
                "eff": ("epoch",)}
 OPTIONAL_COLUMNS = {"acc": ("val_acc",), "eff": EFF_COLUMNS}
 ACC_COLUMNS = ["test_acc", "val_acc"]  # percentages: a value outside 0..100 is damage
+MAX_STEP = 2**53  # epochs and iterations above it are damage (and would not survive the cast to int)
 
 
 def _join(values: pd.Series) -> str:
@@ -102,9 +109,34 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help)")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, with unknown arguments cut in the message (they can be any length)."""
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {cut_long(' '.join(extras))}")
+        return namespace
+
+
+def cut_long(text: str) -> str:
+    """text as is when short, else cut by shorten (a command-line value can be any length)."""
+    return text if len(text) <= MESSAGE_VALUE_CHARS else shorten(text)
+
 
 def _warn(message: str) -> None:
-    warnings.warn(message, ResultsWarning, stacklevel=3)
+    warnings.warn(printable(message), ResultsWarning, stacklevel=3)
+
+
+def printable(text: str) -> str:
+    """text with undecodable file-name bytes as \\xNN and other unprintable characters backslash-escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # a byte os.walk could not decode (the surrogateescape handler's)
+        return f"\\x{ord(char) - 0xdc00:02x}"
+    return char.encode("unicode_escape").decode("ascii")
 
 
 @contextmanager
@@ -119,8 +151,12 @@ def warnings_to_stderr() -> Iterator[None]:
 def find_runs(root: str | Path, include_tuning: bool = False) -> list[Run]:
     """Every run folder under root in sorted walk order, tune.py trials only if asked; UserError if none."""
     root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root} is not a folder")
+    try:
+        is_folder = root.is_dir()
+    except OSError as exc:  # a name too long for the file system, say
+        raise UserError(f"{printable(cut_long(str(root)))}: {exc.strerror}") from None
+    if not is_folder:
+        raise UserError(f"{printable(str(root))} is not a folder")
     runs, tuning = [], 0
     for folder, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS)
@@ -137,12 +173,29 @@ def find_runs(root: str | Path, include_tuning: bool = False) -> list[Run]:
 
 
 def _read_meta(path: Path) -> dict | None:
+    """config.json's contents if it describes a run and holds usable values; None (with a warning if damaged)."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: bad UTF-8 or JSON
-        return _warn(f"skipping {path}: not readable JSON ({exc})")
-    is_run = isinstance(meta, dict) and "dataset" in meta and isinstance(meta.get("config"), dict)
-    return meta if is_run else None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON; RecursionError: deep nesting
+        return _warn(f"skipping {path}: not readable JSON ({shorten(str(exc))})")
+    if not (isinstance(meta, dict) and "dataset" in meta and isinstance(meta.get("config"), dict)):
+        return None
+    if problem := _meta_problem(meta):
+        return _warn(f"skipping {path}: {problem}")
+    return meta
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What makes a run's config.json unusable here (a value of the wrong kind), or None."""
+    for key, where in (("dataset", meta), ("precision", meta), ("exp_name", meta), ("scheduler", meta["config"])):
+        if where.get(key) is not None and not isinstance(where[key], str):
+            return f"its {key} is a {type(where[key]).__name__}, not text"
+    if not isinstance(meta["dataset"], str):
+        return "its dataset is null, not text"
+    name = meta.get("exp_name") or ""
+    if name in (".", "..") or any(c in name for c in "/\\\0"):  # it names the log files inside the folder
+        return f"its exp_name {shorten(name)} is not a plain file name"
+    return None
 
 
 def is_tuning(relative: Path, meta: dict) -> bool:
@@ -163,8 +216,8 @@ def read_run(folder: Path, meta: dict) -> Run:
             _warn(f"{folder}: trial t{trial} is {state}{reason}; its data so far is included")
     used = SCHEDULE_KEYS.get(config.get("scheduler"), ALL_SCHEDULE_KEYS)
     key = {k: v for k, v in config.items() if k not in RUN_TIME_KEYS and (k in used or k not in ALL_SCHEDULE_KEYS)}
-    key.update(dataset=str(meta["dataset"]), precision=precision_label(meta))
-    return Run(folder, name, key["dataset"], key["precision"], str(config.get("scheduler", "unknown")),
+    key.update(dataset=printable(meta["dataset"]), precision=printable(precision_label(meta)))
+    return Run(folder, name, key["dataset"], key["precision"], printable(str(config.get("scheduler", "unknown"))),
                json.dumps(key, sort_keys=True, default=str), _trial_indices(folder, name, config, status))
 
 
@@ -175,8 +228,12 @@ def precision_label(meta: dict) -> str:
 
 def _trial_indices(folder: Path, name: str, config: dict, status: dict[int, dict]) -> tuple[int, ...]:
     # Trials with files or a status entry; further announced ones are counted, never listed (num_trials may be huge).
-    pattern = re.compile(rf"(?:acc|loss|lr)_{re.escape(name)}_t(\d+)\.csv")
-    found = {int(m[1]) for f in folder.iterdir() if (m := pattern.fullmatch(f.name))} | set(status)
+    pattern = re.compile(rf"(?:acc|loss|lr)_{re.escape(name)}_t([0-9]{{1,9}})\.csv")
+    try:
+        names = [f.name for f in folder.iterdir()]
+    except OSError as exc:
+        names = _warn(f"{folder}: cannot list its files ({exc.strerror}); only its status.json trials are read") or []
+    found = {int(m[1]) for f in names if (m := pattern.fullmatch(f))} | set(status)
     announced = config.get("num_trials")
     if type(announced) is int and (missing := announced - sum(k < announced for k in found)) > 0:
         first = itertools.islice((f"t{k}" for k in itertools.count() if k not in found), min(missing, 3))
@@ -189,11 +246,15 @@ def read_status(folder: Path) -> dict[int, dict]:
     """{trial: its status.json entry}; {} (with a warning if damaged) when there is none to read."""
     path = folder / "status.json"
     try:  # written atomically by qsnn.runlog: whole or absent
-        return {int(k): v for k, v in json.loads(path.read_text(encoding="utf-8"))["trials"].items()}
+        trials = json.loads(path.read_text(encoding="utf-8"))["trials"]
+        status = {int(k): v for k, v in trials.items()}
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return _warn(f"skipping {path}: not a readable status file ({exc!r})") or {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        return _warn(f"skipping {path}: not a readable status file ({shorten(repr(exc))})") or {}
+    if bad := [k for k, v in status.items() if not isinstance(v, dict) or not 0 <= k < 10**9]:
+        return _warn(f"skipping {path}: trial {shorten(bad[0])} is not a trial number with an object") or {}
+    return status
 
 
 def with_settings(runs: list[Run]) -> list[Run]:
@@ -201,8 +262,8 @@ def with_settings(runs: list[Run]) -> list[Run]:
     configs = pd.DataFrame([json.loads(run.experiment) for run in runs]).map(json.dumps)  # absent key: "NaN"
     labels = pd.Series([(run.dataset, run.precision, run.scheduler) for run in runs])
     differs = configs.groupby(labels).transform("nunique") > 1
-    return [replace(run, setting=", ".join(f"{k}={json.loads(run.experiment).get(k)}"
-                                           for k in sorted(configs.columns[row])))
+    return [replace(run, setting=printable(", ".join(f"{k}={json.loads(run.experiment).get(k)}"
+                                                     for k in sorted(configs.columns[row]))))
             for run, row in zip(runs, differs.to_numpy())]
 
 
@@ -210,24 +271,32 @@ def row_order(run: Run) -> tuple:
     """Sort key of table rows: dataset, fp32 then bit widths high to low, scheduler, setting (numbers by value)."""
     bits = re.fullmatch(r"(\d+)bit", run.precision)
     rank = (0, 0, "") if run.precision == "fp32" else (1, -int(bits[1]), "") if bits else (2, 0, run.precision)
-    natural = [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", run.setting)]
+    # re.split with a group alternates text and digit runs: odd places are numbers, compared as such
+    natural = [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", run.setting))]
     return (run.dataset, rank, run.scheduler, natural)
 
 
 def read_log(path: Path, kind: str, missing_ok: bool = False) -> pd.DataFrame | None:
     """Complete, finite rows of one CSV log sorted by step; warn and return None if there are none."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_text(encoding="utf-8-sig", errors="replace")  # bytes that are not UTF-8 become U+FFFD
     except FileNotFoundError:
         return None if missing_ok else _warn(f"skipping {path}: file is missing")
     except OSError as exc:
         return _warn(f"skipping {path}: cannot read it ({exc.strerror})")
     body, _, cut = text.rpartition("\n")
     if body and cut:  # the trainer writes whole lines: text after the last newline was cut mid-write
-        _warn(f"{path}: dropped its incomplete last line {cut!r}")
+        _warn(f"{path}: dropped its incomplete last line {shorten(cut)}")
         text = body
     if not (lines := text.splitlines()):
         return _warn(f"skipping {path}: file is empty")
+    if undecodable := [line for line in lines[1:] if "\ufffd" in line]:
+        _warn(f"{path}: dropped {len(undecodable)} row(s) holding bytes that are not UTF-8 text")
+        lines = [lines[0], *(line for line in lines[1:] if "\ufffd" not in line)]
+    # The trainer writes bare numbers: a quote would make pandas read on to the end of the file as one field.
+    if quoted := sum(1 for line in lines[1:] if '"' in line or "\0" in line):
+        _warn(f"{path}: dropped {quoted} row(s) with quotes or NUL bytes, which no log holds")
+        lines = [lines[0], *(line for line in lines[1:] if '"' not in line and "\0" not in line)]
     # pandas would silently cut a row with extra fields (or take them as an index).
     if wide := [line for line in lines[1:] if line.count(",") > lines[0].count(",")]:
         _warn(f"{path}: dropped {len(wide)} row(s) with more fields than the header")
@@ -244,11 +313,15 @@ def read_log(path: Path, kind: str, missing_ok: bool = False) -> pd.DataFrame | 
 
 
 def _valid_rows(numeric: pd.DataFrame, path: Path) -> pd.DataFrame | None:
-    accs = numeric.filter(items=ACC_COLUMNS)
+    accs, steps = numeric.filter(items=ACC_COLUMNS), numeric.iloc[:, 0]
     valid = np.isfinite(numeric).all(axis=1) & (accs >= 0).all(axis=1) & (accs <= 100).all(axis=1)
     if dropped := int((~valid).sum()):
         accuracy = " or an accuracy outside 0..100" if len(accs.columns) else ""
         _warn(f"{path}: dropped {dropped} row(s) with missing or non-numeric values{accuracy}")
+    whole = (steps >= 0) & (steps <= MAX_STEP) & (steps == np.floor(steps))  # else the cast to int would wrap
+    if odd := int((valid & ~whole).sum()):
+        _warn(f"{path}: dropped {odd} row(s) whose {steps.name} is not a whole number in 0..2**53")
+    valid &= whole
     if not valid.any():
         return _warn(f"skipping {path}: no complete numeric row")
     step = numeric.columns[0]
@@ -283,7 +356,7 @@ def trial_summary(log: TrialLog) -> dict:
     eff = read_log(run.log_path("eff", log.trial), "eff", missing_ok=True)
     eff_at_best = eff.set_index("epoch").reindex([int(best["epoch"])]).iloc[0] if eff is not None else {}
     return {"experiment": run.experiment, "dataset": run.dataset, "precision": run.precision,
-            "scheduler": run.scheduler, "setting": run.setting, "trial": f"{run.name}/t{log.trial}",
+            "scheduler": run.scheduler, "setting": run.setting, "trial": f"{printable(run.name)}/t{log.trial}",
             "epochs": len(acc), "best": best["test_acc"],
             # test_acc at the first epoch of highest val_acc: the model a validation split would select
             "val_selected": acc.loc[acc["val_acc"].idxmax(), "test_acc"] if "val_acc" in acc else math.nan,

@@ -266,13 +266,13 @@ def test_figures_panels_lines_and_values(tree):
     assert len(acc.axes) == 2
     for fig in (loss, acc):
         assert {title: len(lines) for title, lines in panel_lines(fig).items()} == {"fashion_mnist": 1, "mnist": 3}
-    step_loss = next(line for line in panel_lines(loss)["mnist"] if line.get_label().startswith("4bit step"))
+    step_loss = next(line for line in panel_lines(loss)["mnist"] if line.get_label().startswith("4-bit step"))
     assert list(step_loss.get_xdata()) == list(range(1, 2 * ITERS_PER_EPOCH + 1))
     assert list(step_loss.get_ydata()) == pytest.approx([1.0 / i + 0.1 for i in range(1, 2 * ITERS_PER_EPOCH + 1)])
     # The pooled fp32 group mixes 3- and 2-epoch trials: the curve runs to the longest one.
     fp32_loss = next(line for line in panel_lines(loss)["mnist"] if line.get_label() == "fp32 cosine (n=3)")
     assert max(fp32_loss.get_xdata()) == 3 * ITERS_PER_EPOCH
-    step_acc = next(line for line in panel_lines(acc)["mnist"] if line.get_label().startswith("4bit step"))
+    step_acc = next(line for line in panel_lines(acc)["mnist"] if line.get_label().startswith("4-bit step"))
     assert list(step_acc.get_ydata()) == pytest.approx([(60 + 66 + 61) / 3, (65 + 64 + 64) / 3])
 
 
@@ -314,7 +314,7 @@ def test_smoothing_has_no_step_where_a_window_would_fill():
 
 def test_loss_axis_names_the_smoothing(tree):
     fig = plot_results.plot_loss_curves(results.find_runs(tree), window=7)
-    assert {ax.get_ylabel() for ax in fig.axes} == {"training loss (exponential moving avg., span 7)"}
+    assert fig.axes[0].get_ylabel() == "training loss\n(EMA, span 7 it.)"
 
 
 # ---------------------------------------------------------------- damaged accuracies, single trials
@@ -526,7 +526,7 @@ def test_accuracy_vs_memory_figure(eff_tree):
     bars = [c.lines[2][0].get_segments()[0] for c in ax.containers]
     assert [y for lo, hi in bars for y in (lo[1], hi[1])] == pytest.approx(
         [88.5 - 0.5**0.5, 88.5 + 0.5**0.5, 85.5 - 0.5**0.5, 85.5 + 0.5**0.5])
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["8bit cosine (n=2)", "4bit cosine (n=2)"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["8-bit cosine", "4-bit cosine"]
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["24.5", "49"]
 
 

@@ -219,7 +219,7 @@ def test_other_mistakes_exit_2_with_one_line(tmp_path, extra, capsys):
 
 @pytest.mark.parametrize("storage, blocked, says", [
     ("sqlite:////proc/q/x.db", None, "cannot open --storage sqlite:////proc/q/x.db: No such file or directory"),
-    ("sqlite:////proc/x.db", None, "cannot open --storage sqlite:////proc/x.db: unable to open database file"),
+    ("sqlite:////proc/x.db", None, "cannot open --storage sqlite:////proc/x.db: its folder /proc takes no new files"),
     ("not a url", None, "cannot open --storage not a url: Could not parse SQLAlchemy URL"),
     ("nosuchdb://h/x", None, "cannot open --storage nosuchdb://h/x: Can't load plugin"),
     ("postgresql+psycopg2://me:secret@127.0.0.1:1/qsnn", "psycopg2",
