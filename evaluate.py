@@ -155,7 +155,7 @@ def evaluation_view(path, cfg, defaults):
 
 def check_value_types(path, view, defaults):
     """Each value has its run.py default's type and, for integers, fits in 64 bits (their text can be huge)."""
-    from qsnn.config import CHOICES, NULLABLE, check_type
+    from qsnn.config import CHOICES, check_type, type_text
 
     for key, value in view.items():
         if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 63:
@@ -164,7 +164,7 @@ def check_value_types(path, view, defaults):
         try:
             view[key] = check_type(key, value, defaults[key])
         except UserError:
-            allowed = NULLABLE.get(key, type(defaults[key])).__name__ + (" or None" if key in NULLABLE else "")
+            allowed = type_text(key, defaults[key])
             raise UserError(f"{path}: its config's {key} is {shorten(value)}, not {allowed}; {REMEDY}") from None
         if key in CHOICES and view[key] not in CHOICES[key]:
             raise UserError(f"{path}: its config's {key} {shorten(value)} is not allowed; it must be one of "

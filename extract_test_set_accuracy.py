@@ -1,8 +1,10 @@
 """Summarise the test accuracy of every QSNN run under a folder as a CSV file and a markdown table.
 
-One row per experiment: a run folder's config.json "config" without run-time keys (device, epochs,
-seed, ...); folders of the same experiment pool their trials, and a "setting" column names the keys
-that tell apart rows with the same dataset, precision and scheduler. tune.py's trial folders are
+One row per experiment: the identity keys of a run folder's config.json (qsnn/schema.py: what is
+computed, world size and BatchNorm synchronisation included; not device, epochs, seed, ...); folders of
+the same experiment pool their trials, a trial (experiment, seed + k) found in two folders counts once
+with a warning, and a "setting" column names the keys that tell apart rows with the same dataset,
+precision and scheduler. tune.py's trial folders are
 left out unless --include-tuning. Per row: trials, epochs logged, each trial's best test accuracy
 (max over epochs, as in the paper) with max, mean and sample std over trials (n/a for one trial),
 the test accuracy at the best-validation epoch where logged, and efficiency figures where
@@ -24,9 +26,9 @@ from qsnn import results  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 
 TABLE_COLUMNS_DOC = """\
-Columns of the accuracy table (test_set_accuracy.csv), one row per experiment (config.json's "config"
-without run-time keys such as device, epochs, seed), pooling the trials of every folder of that
-experiment; accuracies are percentages:
+Columns of the accuracy table (test_set_accuracy.csv), one row per experiment (the identity keys of
+config.json, world_size included; not device, epochs, seed), pooling the distinct trials (seed + k) of
+every folder of that experiment; accuracies are percentages:
   dataset, precision, scheduler    the label; precision is config.json's "precision", else
                                    derived from config.num_bits (null -> "fp32", N -> "<N>bit")
   setting                          the config keys that differ between rows sharing the label,

@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from .config import format_help, parse_args, read_key_comments, validate
+from .config import format_help, parse_args, read_key_comments, run_py_defaults, validate
 from .errors import UserError
 
 
@@ -13,7 +13,7 @@ def main(config, demo=None, argv=None):
     try:
         cfg, flags = parse_args(config, argv, demo)
         if flags["help"]:
-            print(format_help(config, read_key_comments(source), _display_path(source)))
+            print(format_help(run_py_defaults(config, demo), read_key_comments(source), _display_path(source)))
             return 0
         validate(cfg, datasets=tuple(dict.fromkeys([config["dataset"], *([demo["dataset"]] if demo else [])])))
         from .experiment import run_experiment  # heavy imports only once the config is known to be good

@@ -1,7 +1,9 @@
 """Command-line overrides, help and validation for the config dict of a run.py.
 
-Every key of the dict can be set as `--key value` or `--key=value`; the value keeps the type of
-the default. `--help` prints each key with its default and the comment beside it in run.py.
+Every key of the dict, and every key of qsnn/schema.py that applies to its dataset but that the dict
+does not list (it takes the schema default), can be set as `--key value` or `--key=value`; the value
+has the key's schema type. `--help` prints each key with its default and the comment beside it in
+run.py, else the schema's help. Types, choices and ranges come from the schema.
 """
 import ast
 import json
@@ -10,24 +12,12 @@ import os
 import tokenize
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, shorten
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Keys that may differ when resuming: they change where and how fast, not what is computed. Every other
-# key defines the experiment: a checkpoint whose config differs from its folder's in one is foreign.
-RESUMABLE_KEYS = frozenset({"device", "data_dir", "output_dir", "num_workers", "epochs", "patience",
-                            "num_trials", "execution", "time_chunk", "tensor_data", "test_batch_size",
-                            "snapshots"})
+from .schema import CHOICES, NULLABLE, RESUMABLE_KEYS, SCHEMA, complete  # noqa: F401 (re-exported)
 
-# Keys that also accept None, with the type of their other values.
-NULLABLE = {"num_bits": int, "grad_clip": float, "weight_clip": float, "state_bits": int}
-CHOICES = {
-    "dataset": ("mnist", "fashion_mnist", "digits", "dvs128_gesture"),
-    "scheduler": ("cosine", "cosine_restarts", "cyclic", "step", "constant"),
-    "execution": ("fast", "reference"),
-    "snapshots": ("off", "epoch", "extrema"),
-}
 FLAGS = {
     "--demo": "run the short offline demo preset (scikit-learn digits) instead of the full experiment",
     "--resume": "continue an interrupted run in the same folder: skip finished trials, resume the last one",
@@ -55,13 +45,14 @@ def read_key_comments(path):
 
 
 def format_help(defaults, comments, prog):
-    """The --help text: flags, then every key with its default and comment."""
+    """The --help text: flags, then every key with its default and its run.py comment (else the schema's help)."""
     lines = [f"usage: python {prog} [--KEY VALUE ...] [--demo] [--resume | --overwrite] [--config FILE]", ""]
     lines += ["flags:"] + [f"  {flag:<16} {text}" for flag, text in FLAGS.items()]
     lines += ["", "config keys (default, then meaning):"]
     width = max(len(k) for k in defaults) + 2
     for key, value in defaults.items():
-        lines.append(f"  --{key:<{width}} {value!r:<14} {comments.get(key, '')}")
+        text = comments.get(key) or (SCHEMA[key].help if key in SCHEMA else "")
+        lines.append(f"  --{key:<{width}} {value!r:<14} {text}")
     return "\n".join(lines)
 
 
@@ -83,17 +74,26 @@ def coerce(key, text, default):
     return check_type(key, value, default)
 
 
+def value_type(key, default):
+    """The type a key's values have: the schema's, else its default's."""
+    return SCHEMA[key].type if key in SCHEMA else type(default)
+
+
+def type_text(key, default):
+    """The type a key's values have, in words: e.g. 'int or None'."""
+    return value_type(key, default).__name__ + (" or None" if key in NULLABLE else "")
+
+
 def check_type(key, value, default):
-    """Return value if it has the default's type (ints promote to floats), else raise UserError."""
-    wanted = NULLABLE.get(key, type(default))
+    """Return value if it has the key's schema type (else the default's; ints promote to floats), else raise UserError."""
+    wanted = value_type(key, default)
     if value is None and key in NULLABLE:
         return None
     if wanted is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value) is wanted:
         return value
-    allowed = wanted.__name__ + (" or None" if key in NULLABLE else "")
-    raise UserError(f"--{key} expects {allowed}, got {value!r}")
+    raise UserError(f"--{key} expects {type_text(key, default)}, got {shorten(value)}")
 
 
 def split_argv(argv):
@@ -118,8 +118,10 @@ def split_argv(argv):
 def parse_args(defaults, argv, demo=None):
     """Apply --demo, --config FILE and --key value overrides to a copy of defaults.
 
-    Returns (cfg, flags) where flags holds the booleans demo, resume, overwrite and help.
+    Keys the run.py dict does not list take the schema default. Returns (cfg, flags) where flags holds
+    the booleans demo, resume, overwrite and help.
     """
+    defaults = run_py_defaults(defaults, demo)
     cfg = dict(defaults)
     flags = {"demo": False, "resume": False, "overwrite": False, "help": False}
     pairs = split_argv(["--help" if a == "-h" else a for a in argv])
@@ -147,6 +149,15 @@ def parse_args(defaults, argv, demo=None):
         except UserError as e:
             raise UserError(f"{e}; valid keys: {', '.join(defaults)}") from None
     return cfg, flags
+
+
+def run_py_defaults(config, demo=None):
+    """A run.py's config completed with the schema defaults of the keys it does not list, for its dataset(s).
+
+    Keys the schema does not declare (a stand-in script's own) are kept with the type of their value.
+    """
+    datasets = tuple(dict.fromkeys(d for d in (config.get("dataset"), (demo or {}).get("dataset")) if d))
+    return complete(config, datasets)
 
 
 def read_config_file(path, defaults):
@@ -177,32 +188,6 @@ def resolve_path(path):
     return path if path.is_absolute() else REPO_ROOT / path
 
 
-def _range_checks():
-    """(key, test, what is allowed) for every numeric key that has a range."""
-    positive = lambda v: v > 0  # noqa: E731
-    unit = lambda v: 0 <= v <= 1  # noqa: E731
-    checks = [(k, positive, "> 0") for k in (
-        "lr", "threshold", "slope", "num_steps", "num_steps_train", "num_steps_test", "batch_size",
-        "test_batch_size", "epochs", "patience", "num_trials", "t_max", "t_0", "step_size_up",
-        "step_size", "base_lr")]
-    checks += [(k, unit, "within [0, 1]") for k in ("beta", "correct_rate", "incorrect_rate")]
-    checks += [
-        ("dropout", lambda v: 0 <= v < 1, "within [0, 1)"),
-        ("val_split", lambda v: 0 <= v < 1, "within [0, 1)"),
-        ("eta_min", lambda v: v >= 0, ">= 0"),
-        ("gamma", lambda v: 0 < v <= 1, "within (0, 1]"),
-        ("t_mult", lambda v: v >= 1, ">= 1"),
-        ("num_workers", lambda v: v >= 0, ">= 0"),
-        ("seed", lambda v: 0 <= v < 2**63, "within 0..2**63-1"),
-        ("time_chunk", lambda v: v >= 0, ">= 0 (0 = all steps at once)"),
-        ("num_bits", lambda v: v is None or 1 <= v <= 16, "None (full precision) or 1..16"),
-        ("state_bits", lambda v: v is None or 1 <= v <= 16, "None (float membranes) or 1..16"),
-        ("grad_clip", lambda v: v is None or v > 0, "None (off) or > 0"),
-        ("weight_clip", lambda v: v is None or v > 0, "None (off) or > 0"),
-    ]
-    return checks
-
-
 def validate(cfg, datasets=None):
     """Check every value before any data is touched; raise one UserError listing each problem on a line.
 
@@ -215,12 +200,9 @@ def validate(cfg, datasets=None):
     if datasets is not None and cfg.get("dataset") not in datasets:
         problems.append(f"--dataset {cfg.get('dataset')!r} is not for this run.py; it runs "
                         f"{' or '.join(datasets)} (use that dataset's own run.py)")
-    for key, allowed in CHOICES.items():
-        if key in cfg and cfg[key] not in allowed:
-            problems.append(f"--{key} {cfg[key]!r} is not allowed; choose one of {', '.join(allowed)}")
-    for key, test, allowed in _range_checks():
-        if key in cfg and not test(cfg[key]):
-            problems.append(f"--{key} {cfg[key]!r} is not allowed; must be {allowed}")
+    problems += [problem for key in cfg if key in SCHEMA and (problem := value_problem(key, cfg[key]))]
+    if problems:  # the cross-key checks below compare values of the right kinds
+        raise UserError("\n".join(problems))
     if cfg.get("scheduler") in ("cosine", "cosine_restarts") and 0 < cfg["lr"] < cfg.get("eta_min", 0):
         problems.append(f"--eta_min {cfg['eta_min']!r} is not allowed; it must not exceed lr ({cfg['lr']!r})")
     if "correct_rate" in cfg and cfg["correct_rate"] <= cfg["incorrect_rate"]:
@@ -245,6 +227,19 @@ def validate(cfg, datasets=None):
         problems.append(output_problem)
     if problems:
         raise UserError("\n".join(problems))
+
+
+def value_problem(key, value):
+    """One line saying why value is not allowed for key (type, choices, range), or None."""
+    try:
+        value = check_type(key, value, SCHEMA[key].default)
+    except UserError as e:
+        return str(e)
+    if SCHEMA[key].allows(value):
+        return None
+    if SCHEMA[key].choices:
+        return f"--{key} {shorten(value)} is not allowed; choose one of {', '.join(SCHEMA[key].choices)}"
+    return f"--{key} {shorten(value)} is not allowed; must be {SCHEMA[key].rule()}"
 
 
 def cuda_available():

@@ -11,6 +11,7 @@ from . import distributed, runlog
 from .config import RESUMABLE_KEYS, check_type, check_writable, validate
 from .data import make_loaders
 from .errors import UserError, shorten
+from .schema import SCHEMA, complete
 from .memory import check_memory, keep_freed_memory
 from .train import NonFiniteLoss, StopRequested, run_trial
 
@@ -83,13 +84,18 @@ def prepare_run_folder(cfg, resume, overwrite):
 
 
 def checked_saved_config(run_dir, saved, requested):
-    """The saved config validated like a new one; keys an older version did not have take today's values."""
+    """The saved config validated like a new one; keys an older version did not have take today's values.
+
+    Today's value of a key that defines the experiment is its schema default: what the code computed
+    before the key existed, whatever this command line asks for.
+    """
     where = f"{run_dir / 'config.json'}"
     missing = [k for k in requested if k not in saved]
+    filled = {k: SCHEMA[k].default if k in SCHEMA and not SCHEMA[k].resumable else requested[k] for k in missing}
     if missing:
         print(f"{where} predates the key(s) {', '.join(missing)}; resuming with "
-              + ", ".join(f"{k}={shorten(requested[k])}" for k in missing), file=sys.stderr)
-    saved = {**{k: requested[k] for k in missing}, **saved}
+              + ", ".join(f"{k}={shorten(v)}" for k, v in filled.items()), file=sys.stderr)
+    saved = {**filled, **saved}
     try:
         for key in requested:
             saved[key] = check_type(key, saved[key], requested[key])
@@ -205,6 +211,7 @@ def resume_command():
 
 def run_experiment(cfg, resume=False, overwrite=False):
     """Run every trial of cfg; returns {trial: best score} of the trials that ran to the end."""
+    cfg = complete(cfg)  # a key the caller's dict lacks takes the schema default, not a KeyError mid-run
     device = distributed.setup(resolve_device(cfg["device"]))
     keep_freed_memory()
     lock = None

@@ -114,18 +114,10 @@ def check_supported_config(cfg):
 
 
 def known_config_keys():
-    """Every key of the datasets' run.py configs and demo presets (the settings this export understands)."""
-    import runpy
+    """Every key the config schema declares (the settings this export understands)."""
+    from .schema import SCHEMA
 
-    from .config import REPO_ROOT
-
-    keys = set()
-    for script in ("mnist", "fashion_mnist", "dvs128_gesture"):
-        path = REPO_ROOT / script / "run.py"
-        if path.is_file():
-            namespace = runpy.run_path(str(path))
-            keys |= set(namespace["config"]) | set(namespace.get("demo") or {})
-    return keys
+    return frozenset(SCHEMA)
 
 
 CHECKPOINT_REMEDY = ("the integer export cannot load the checkpoint: put the trial's own file back, or train "

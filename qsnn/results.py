@@ -1,8 +1,9 @@
 """Find QSNN run folders, read their CSV logs robustly and tabulate test accuracy (figures: plot_results.py).
 
 A run folder holds a config.json with the keys "dataset" and "config"; trial k logs to
-{acc,loss,lr,eff}_<exp>_t<k>.csv. A table row is an experiment: the config without RUN_TIME_KEYS, so
-folders of one experiment pool their trials. Unreadable data is skipped with a ResultsWarning naming
+{acc,loss,lr,eff}_<exp>_t<k>.csv. A table row is an experiment: the config's identity keys
+(qsnn.schema.experiment_identity, world size included), so folders of one experiment pool their
+trials. A trial is (experiment, seed + k): the same trial found in two folders counts once, with a warning. Unreadable data is skipped with a ResultsWarning naming
 the file; UserError is raised only when nothing at all is usable.
 
 Everything read back is untrusted: config.json and status.json are checked where they are read
@@ -32,6 +33,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 import pandas as pd
 
+from qsnn import schema
 from qsnn.config import precision_name
 from qsnn.runlog import EFFICIENCY_COLUMNS
 from qsnn.errors import MESSAGE_VALUE_CHARS, UserError, shorten
@@ -39,15 +41,8 @@ from qsnn.errors import MESSAGE_VALUE_CHARS, UserError, shorten
 # Folders that never hold runs but can be huge (datasets, environments).
 SKIP_DIRS = frozenset({".git", "venv", ".venv", "site-packages", "data", "__pycache__", ".pytest_cache",
                        "node_modules"})
-# Keys that change where, how fast or for how long a run goes, not what it computes. seed is one of
-# them because a folder's trials are its seeds (seed + k): folders differing only in seed pool.
-RUN_TIME_KEYS = frozenset({"device", "output_dir", "data_dir", "epochs", "patience", "num_trials", "num_workers",
-                           "execution", "time_chunk", "tensor_data", "test_batch_size", "exp_name", "seed",
-                           "sync_batch_norm", "snapshots"})
-# Each scheduler's own keys (qsnn/schedules.py); another scheduler's keys do not change a run.
-SCHEDULE_KEYS = {"cosine": {"t_max", "eta_min"}, "cosine_restarts": {"t_0", "t_mult", "eta_min"},
-                 "cyclic": {"base_lr", "step_size_up"}, "step": {"step_size", "gamma"}, "constant": set()}
-ALL_SCHEDULE_KEYS = frozenset().union(*SCHEDULE_KEYS.values())
+# Each scheduler's own keys (qsnn/schema.py); another scheduler's keys do not change a run.
+SCHEDULE_KEYS, ALL_SCHEDULE_KEYS = schema.SCHEDULE_KEYS, schema.ALL_SCHEDULE_KEYS
 EFF_COLUMNS = EFFICIENCY_COLUMNS[1:]  # after "epoch"
 # Required columns of each log (the first is its step), then optional ones.
 LOG_COLUMNS = {"acc": ("epoch", "test_acc"), "loss": ("iteration", "loss"), "lr": ("iteration", "lr"),
@@ -90,6 +85,11 @@ class Run:
     experiment: str  # sorted JSON of the config keys that define the result
     trials: tuple[int, ...]
     setting: str = ""  # what tells this experiment apart from others with the same label
+    seed: object = 0  # the base seed: trial k ran with seed + k
+
+    def trial_seed(self, trial: int) -> object:
+        """The seed trial k of this run ran with: with the experiment, what names the trial."""
+        return schema.trial_seed({"seed": self.seed}, trial)
 
     def log_path(self, kind: str, trial: int) -> Path:
         return self.folder / f"{kind}_{self.name}_t{trial}.csv"
@@ -169,7 +169,26 @@ def find_runs(root: str | Path, include_tuning: bool = False) -> list[Run]:
     if not runs:
         hint = f" ({tuning} tune.py trial folder(s) skipped; add --include-tuning)" if tuning else ""
         raise UserError(f"no experiment folders (config.json with 'dataset' and 'config') under {root}{hint}")
-    return with_settings(runs)
+    return with_settings(without_repeated_trials(runs))
+
+
+def without_repeated_trials(runs: list[Run]) -> list[Run]:
+    """Each trial (experiment, seed + k) kept in the first folder that holds it; a warning names both folders."""
+    first: dict[tuple, tuple[Path, int]] = {}
+    kept = []
+    for run in runs:
+        trials = []
+        for k in run.trials:
+            trial = (run.experiment, json.dumps(run.trial_seed(k), default=str))
+            if trial in first:
+                folder, j = first[trial]
+                _warn(f"{run.folder}: trial t{k} repeats trial t{j} of {folder} (the same experiment and seed "
+                      f"{shorten(run.trial_seed(k))}); counted once")
+            else:
+                first[trial] = (run.folder, k)
+                trials.append(k)
+        kept.append(replace(run, trials=tuple(trials)))
+    return kept
 
 
 def _read_meta(path: Path) -> dict | None:
@@ -214,11 +233,12 @@ def read_run(folder: Path, meta: dict) -> Run:
         if (state := info.get("state", "unknown")) != "finished":
             reason = f" ({info['reason']})" if info.get("reason") else ""
             _warn(f"{folder}: trial t{trial} is {state}{reason}; its data so far is included")
-    used = SCHEDULE_KEYS.get(config.get("scheduler"), ALL_SCHEDULE_KEYS)
-    key = {k: v for k, v in config.items() if k not in RUN_TIME_KEYS and (k in used or k not in ALL_SCHEDULE_KEYS)}
+    # folders written before a key existed ran with its schema default; world_size sits beside "config"
+    key = schema.experiment_identity({**config, "dataset": meta["dataset"]}, meta)
     key.update(dataset=printable(meta["dataset"]), precision=printable(precision_label(meta)))
     return Run(folder, name, key["dataset"], key["precision"], printable(str(config.get("scheduler", "unknown"))),
-               json.dumps(key, sort_keys=True, default=str), _trial_indices(folder, name, config, status))
+               json.dumps(key, sort_keys=True, default=str), _trial_indices(folder, name, config, status),
+               seed=config.get("seed", schema.SCHEMA["seed"].default))
 
 
 def precision_label(meta: dict) -> str:

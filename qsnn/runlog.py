@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .config import REPO_ROOT, RESUMABLE_KEYS, precision_name, resolve_path
+from .schema import FOLDER_NAME_KEYS
 from .errors import UserError, shorten
 
 # Columns of eff_<exp>_t<k>.csv (qsnn.efficiency writes them, qsnn.results reads them).
@@ -35,8 +36,9 @@ TEMP_FILE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?$")
 
 
 def experiment_name(cfg):
-    """cfg["exp_name"], or dataset_precision_scheduler when it is empty."""
-    return cfg["exp_name"] or f"{cfg['dataset']}_{precision_name(cfg['num_bits'])}_{cfg['scheduler']}"
+    """cfg["exp_name"], or the schema's FOLDER_NAME_KEYS joined (dataset_precision_scheduler) when it is empty."""
+    parts = (precision_name(cfg[k]) if k == "num_bits" else str(cfg[k]) for k in FOLDER_NAME_KEYS)
+    return cfg["exp_name"] or "_".join(parts)
 
 
 NAME_MAX = 255  # the longest file name Linux, macOS and Windows file systems all accept

@@ -17,23 +17,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import runlog
-from .config import NULLABLE, check_type, coerce, parse_args, validate
+from . import runlog, schema
+from .config import check_type, coerce, parse_args, run_py_defaults, type_text, validate, value_type
 from .errors import MESSAGE_VALUE_CHARS, UserError, shorten
 
 DATASETS = ("mnist", "fashion_mnist", "dvs128_gesture")
 # The keys the paper tuned; each range holds the published values of all three datasets.
 DEFAULT_RANGES = {"lr": "1e-4:1e-2:log", "beta": "0.5:0.999", "threshold": "0.1:5:log",
                   "slope": "1:25:log", "dropout": "0:0.5"}
-# Keys tune.py sets for every trial itself, so --set/--range on them would be silently lost.
-RESERVED = {"epochs": "use --epochs", "val_split": "use --val-split", "num_trials": "a trial is one training run",
-            "exp_name": "trials are named trial_<number>"}
-# Keys that change the batches make_loaders builds; trials that agree on them share loaders.
-LOADER_KEYS = ("dataset", "data_dir", "num_steps_train", "num_steps_test", "val_split", "seed",
-               "batch_size", "test_batch_size", "tensor_data", "num_workers")
-# Keys that change where or how fast a run goes, not its result: left out of the --set reminder.
-RUN_ONLY_KEYS = {"output_dir", "data_dir", "device", "num_workers", "tensor_data", "time_chunk",
-                 "test_batch_size", "execution", "snapshots"}
+# Keys tune.py sets for every trial itself (--set/--range on them would be silently lost), with what to use
+# instead; keys that change the batches (trials that agree on them share loaders); keys that change where or
+# how fast a run goes, not its result (left out of the --set reminder). All from qsnn/schema.py.
+RESERVED = schema.TUNE_SETS
+LOADER_KEYS = schema.LOADER_KEYS
+RUN_ONLY_KEYS = schema.RUN_ONLY_KEYS
 # What counts towards --n-trials: others' running trials too, so workers overshoot only if they finish together.
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING")
 HEARTBEAT_S = 60  # a worker killed hard leaves a RUNNING trial; Optuna fails it after 3 missed beats
@@ -52,7 +49,7 @@ def brief(text):
 
 def base_config(defaults, preset, sets):
     """(run.py config with the demo preset, the same with --set overrides, {key: value} of those)."""
-    overrides = {}
+    defaults, overrides = run_py_defaults(defaults, preset), {}
     for item in sets:
         key, sep, text = item.partition("=")
         if not sep:
@@ -77,8 +74,7 @@ def typed_value(key, text, default):
     try:
         return coerce(key, text, default)
     except UserError:
-        wanted = NULLABLE.get(key, type(default)).__name__ + (" or None" if key in NULLABLE else "")
-        raise UserError(f"{key} expects {wanted}") from None
+        raise UserError(f"{key} expects {type_text(key, default)}") from None
 
 
 def parse_range(text, defaults):
@@ -86,12 +82,14 @@ def parse_range(text, defaults):
     import optuna.distributions as od
 
     key, _, spec = text.partition("=")
-    parts, wanted = spec.split(":"), NULLABLE.get(key, type(defaults.get(key)))
+    defaults = run_py_defaults(defaults)
+    parts, wanted = spec.split(":"), value_type(key, defaults.get(key))
     try:
         if key not in defaults:
             raise UserError(f"unknown config key; valid keys: {', '.join(defaults)}")  # the key is in --range's text
-        if key in RESERVED or key == "seed":
-            raise UserError(f"{key} cannot be searched")
+        if key not in schema.SEARCHABLE_KEYS:
+            why = RESERVED.get(key) or f"{schema.SCHEMA[key].role} keys are not searched"
+            raise UserError(f"{key} cannot be searched ({why})")
         if "," in spec:
             return key, od.CategoricalDistribution([typed_value(key, c, defaults[key]) for c in spec.split(",")])
         if wanted not in (int, float):

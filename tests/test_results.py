@@ -76,8 +76,9 @@ def tree(tmp_path_factory):
     """Five experiments in four groups over two datasets, plus config.json files that are not runs."""
     root = tmp_path_factory.mktemp("runs")
     write_run(root, "mnist_fp32_cosine_a", "mnist", "cosine", [[80, 90, 89], [85, 92, 91]], precision="fp32")
-    # Same group, nested deeper, precision derived from num_bits=None: pools with the folder above.
-    write_run(root / "more", "mnist_fp32_cosine_b", "mnist", "cosine", [[94, 93]])
+    # Same group, nested deeper, precision derived from num_bits=None: pools with the folder above (its
+    # trial is seed 2, not a repeat of the seed-0 trial t0 above).
+    write_run(root / "more", "mnist_fp32_cosine_b", "mnist", "cosine", [[94, 93]], config={"seed": 2})
     write_run(root, "mnist_4bit_cosine", "mnist", "cosine", [[70, 75]], num_bits=4)
     write_run(root, "mnist_4bit_step", "mnist", "step", [[60, 65], [66, 64], [61, 64]], precision="4bit", num_bits=4)
     write_run(root, "fashion_mnist_8bit_cyclic", "fashion_mnist", "cyclic", [[80, 85, 83], [81, 84, 88]],
