@@ -4,7 +4,8 @@
 
 Runs extract_test_set_accuracy.py and plot_results.py on results/ and puts the table that the first
 prints between the README's `<!-- results-table -->` markers, and the schedule study's comparison
-(finished trials only) and the paper runs' epochs between their own markers; figures go to results/figures/.
+(finished trials only), the paper runs' epochs and the minima study's answer (results/minima_report.py)
+between their own markers; figures go to results/figures/.
 """
 import csv
 import statistics
@@ -16,9 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from qsnn import results  # noqa: E402  (the readers behind extract_test_set_accuracy.py)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from minima_report import minima_section  # noqa: E402  (the navigating-minima study, results/minima/)
+
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 VERDICT = ("<!-- schedule-verdict:start -->", "<!-- schedule-verdict:end -->")
 PAPER = ("<!-- paper-epochs:start -->", "<!-- paper-epochs:end -->")
+MINIMA = ("<!-- minima:start -->", "<!-- minima:end -->")
 SCHEDULES = ("periodic", "monotone", "constant")  # the suffixes of reproduce.sh's study folders
 SEEDS = 3
 
@@ -103,6 +108,7 @@ def main():
     readme = replace_between((ROOT / "README.md").read_text(), (START, END), table)
     readme = replace_between(readme, VERDICT, schedule_verdict())
     readme = replace_between(readme, PAPER, paper_epochs())
+    readme = replace_between(readme, MINIMA, minima_section())
     (ROOT / "README.md").write_text(readme)
     print(f"README.md: results table with {table.count(chr(10)) - 1} rows; figures in results/figures/")
 
