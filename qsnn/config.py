@@ -12,7 +12,7 @@ import os
 import tokenize
 from pathlib import Path
 
-from .errors import UserError, shorten
+from .errors import UserError, cut, shorten
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ def parse_args(defaults, argv, demo=None):
         if name in flags or name == "config":
             continue
         if name not in defaults:
-            raise UserError(f"unknown config key --{name}; valid keys: {', '.join(defaults)}")
+            raise UserError(f"unknown config key --{cut(name)}; valid keys: {', '.join(defaults)}")
         if text is None and not isinstance(defaults[name], bool):
             raise UserError(f"--{name} needs a value, e.g. --{name} {defaults[name]!r}")
         try:
@@ -173,7 +173,7 @@ def read_config_file(path, defaults):
         raise UserError(f"--config {path} must hold a JSON object of config keys")
     unknown = sorted(set(values) - set(defaults))
     if unknown:
-        raise UserError(f"--config {path} has unknown keys {unknown}; valid keys: {', '.join(defaults)}")
+        raise UserError(f"--config {path} has unknown keys {shorten(unknown)}; valid keys: {', '.join(defaults)}")
     return {k: check_type(k, v, defaults[k]) for k, v in values.items()}
 
 

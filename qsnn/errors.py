@@ -15,3 +15,9 @@ def shorten(value, limit=MESSAGE_VALUE_CHARS):
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def cut(text, limit=MESSAGE_VALUE_CHARS):
+    """A plain string (a key name, a path) cut to about `limit` characters, unquoted, for messages."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

@@ -183,3 +183,18 @@ def test_the_command_line_prints_one_error_line_for_a_foreign_checkpoint(finishe
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "lr=0.5 (config.json: 0.01)" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["--" + "q" * 100_000, "1"], ["--lr", "9" * 100_000 + "x"]])
+def test_a_huge_key_or_value_on_the_command_line_is_cut_in_its_one_error_line(argv):
+    done = subprocess.run([sys.executable, str(ROOT / "mnist" / "run.py"), *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and len(done.stderr) < 1500
+    assert "characters)" in done.stderr
+
+
+def test_a_config_file_with_a_huge_unknown_key_is_cut(tmp_path):
+    (tmp_path / "big.json").write_text(json.dumps({"k" * 5_000_000: 1}))
+    done = subprocess.run([sys.executable, str(ROOT / "mnist" / "run.py"), "--config", str(tmp_path / "big.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr) < 1500 and "characters)" in done.stderr
