@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
 
+from qsnn.cli import ArgumentParser  # noqa: E402
 from qsnn.errors import UserError, shorten  # noqa: E402
 
 REMEDY = "give a <exp>_t<k>.pt or last_<exp>_t<k>.pt file that training wrote"
@@ -31,20 +32,6 @@ PLAIN_TYPES = (type(None), bool, int, float, str)  # what training writes into a
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d{1,4})?")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports mistakes as a UserError (one line, exit code 2) instead of usage text."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python evaluate.py --help)")
-
-    def parse_args(self, args=None, namespace=None):
-        """As argparse's, with unknown arguments cut in the message (they can be any length)."""
-        namespace, extras = self.parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {shorten(' '.join(extras))}")
-        return namespace
-
-
 def integer(text):
     """argparse type: an int, the text cut in the message if it is not one."""
     try:
@@ -55,7 +42,7 @@ def integer(text):
 
 def parse(argv):
     """The evaluate.py command line."""
-    parser = _Parser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a <exp>_t<k>.pt or last_<exp>_t<k>.pt file")
     parser.add_argument("--data_dir", help="where the dataset is (default: the checkpoint's config)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
 
+from qsnn.cli import ArgumentParser, report_user_errors  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def parse_args(argv):
     common.add_argument("--threads", type=positive(0), default=1,
                         help="CPU threads for torch (default 1: the small batches run several times faster on "
                              "one thread of a shared machine; 0: torch's default)")
-    parser = argparse.ArgumentParser(prog="landscape.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="landscape.py", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     interp = commands.add_parser("interpolate", parents=[common], help="loss along straight lines between snapshots")
     interp.add_argument("--pairs", action="append",
@@ -201,14 +202,14 @@ def set_threads(threads):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        set_threads(args.threads)
-        {"interpolate": interpolate, "distances": distances, "plane": plane}[args.command](args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+    return report_user_errors(run_command, sys.argv[1:] if argv is None else argv)
+
+
+def run_command(argv):
+    """Parse the command line, then run the chosen analysis."""
+    args = parse_args(argv)
+    set_threads(args.threads)
+    {"interpolate": interpolate, "distances": distances, "plane": plane}[args.command](args)
 
 
 if __name__ == "__main__":

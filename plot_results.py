@@ -46,6 +46,7 @@ from matplotlib import ticker  # noqa: E402  (no pyplot: the backend is chosen l
 from qsnn import results  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 from qsnn.results import ResultsWarning, Run, TrialLog, collect_logs  # noqa: E402
+from qsnn.schema import EPOCHS_TWINS  # noqa: E402
 
 DEFAULT_WINDOW = 50
 DEFAULT_DPI = 200
@@ -197,6 +198,9 @@ def schedule_text(config: dict, iters_per_epoch: float | None) -> tuple[str, str
     name = str(config.get("scheduler", "unknown"))
     value = {key: config.get(key) for key in ("t_max", "eta_min", "t_0", "t_mult", "step_size_up", "step_size",
                                                "gamma", "epochs")}
+    for key, twin in EPOCHS_TWINS.items():  # a period stated in epochs overrides its iteration key
+        if isinstance(config.get(twin), (int, float)):
+            value[key] = round(config[twin] * iters_per_epoch) if iters_per_epoch else None
     span = lambda iterations: span_text(iterations, iters_per_epoch)  # noqa: E731
     floor = f", min LR {value['eta_min']:g}" if isinstance(value["eta_min"], (int, float)) and value["eta_min"] else ""
     if name == "cosine" and isinstance(value["t_max"], (int, float)):

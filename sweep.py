@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
+from qsnn.cli import ArgumentParser  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 from qsnn.sweep import default_storage, load_grid, print_cells, run_sweep  # noqa: E402
 
@@ -33,16 +34,9 @@ Each cell is claimed by one worker; a worker that dies (no heartbeat for 3 minut
 next worker started, which resumes it. A changed grid is a new sweep: give it another --study."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports mistakes as a UserError (one line, exit code 2) instead of usage text."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python sweep.py --help)")
-
-
 def build_parser():
     """The sweep.py command line."""
-    p = _Parser(prog="sweep.py", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = ArgumentParser(prog="sweep.py", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Train every cell of a grid of run.py settings once, shared by every worker started "
                             "with the same storage.")
     p.add_argument("grid", metavar="GRID.json", help="the grid file")

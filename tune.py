@@ -16,8 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
 from qsnn.config import REPO_ROOT, resolve_path, validate  # noqa: E402
+from qsnn.cli import ArgumentParser  # noqa: E402
 from qsnn.errors import UserError, shorten  # noqa: E402
-from qsnn.tuning import (DATASETS, DEFAULT_RANGES, KEPT, base_config, brief, check_out_file,  # noqa: E402
+from qsnn.tuning import (DATASETS, DEFAULT_RANGES, KEPT, base_config, check_out_file,  # noqa: E402
                          check_ranges, get_study, open_storage, optimize, range_text, report, search_space,
                          storage_errors)
 
@@ -27,20 +28,6 @@ several machines: the same command on each, with one database (pip install psyco
 Ctrl-C marks the running trial failed and keeps the finished ones; rerun the command to continue."""
 SAMPLER_SEEDS = 2**32  # TPESampler seeds numpy's RandomState: 0..2**32-1
 STUDY_NAME_CHARS = 200  # it names files (<study>.db, <study>_best.json): well within 255 bytes
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports mistakes as a UserError (one line, exit code 2) instead of usage text."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python tune.py --help)")
-
-    def parse_args(self, args=None, namespace=None):
-        """As argparse's, with unknown arguments cut in the message (they can be any length)."""
-        namespace, extras = self.parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {brief(' '.join(extras))}")
-        return namespace
 
 
 def number(kind):
@@ -57,7 +44,7 @@ def number(kind):
 
 def build_parser():
     """The tune.py command line."""
-    p = _Parser(prog="tune.py", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, description=
+    p = ArgumentParser(prog="tune.py", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, description=
                 "Search a run.py config's QSNN hyperparameters with Optuna, scored on a validation split.")
     p.add_argument("dataset", metavar="DATASET", help=f"whose run.py config to tune: {' | '.join(DATASETS)}")
     p.add_argument("--demo", action="store_true", help="tune mnist's offline demo preset (scikit-learn digits)")

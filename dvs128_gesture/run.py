@@ -12,8 +12,8 @@ from qsnn import main  # noqa: E402
 config = {
     "dataset": "dvs128_gesture",  # dvs128_gesture (the only dataset this run.py is for)
     "exp_name": "",  # run folder name; empty = <dataset>_<fp32|Nbit>_<scheduler>
-    "output_dir": "runs",  # where run folders go (relative paths: from the repository root)
-    "data_dir": "data",  # where tonic's DVSGesture folder is (relative: from the repository root)
+    "output_dir": "runs",  # where run folders go (relative: from the repository root; for an installed qsnn, from the current folder)
+    "data_dir": "data",  # where tonic's DVSGesture folder is (relative: as output_dir)
     # network and input
     "num_bits": 4,  # weight bit width (1..16); None = full-precision float weights
     "num_steps_train": 100,  # 3 ms frames per training sample (the first 300 ms)
@@ -27,21 +27,32 @@ config = {
     # loss and optimisation
     "correct_rate": 0.8,  # mse_count_loss: target firing rate of the correct class
     "incorrect_rate": 0.2,  # mse_count_loss: target firing rate of the other classes
-    "lr": 2.634e-3,  # Adam learning rate (the peak of the periodic schedules)
+    "lr": 2.634e-3,  # learning rate (the peak of the periodic schedules)
+    "optimizer": "adam",  # adam (the paper's, betas 0.9/0.999) | adamw | sgd (with momentum)
+    "weight_decay": 0.0,  # weight decay (adamw: decoupled; adam, sgd: L2 in the gradient)
+    "momentum": 0.9,  # sgd: momentum
     "batch_size": 16,  # training mini-batch
     "test_batch_size": 32,  # evaluation mini-batch (does not change results)
     "grad_clip": 1.0,  # clip the gradient norm to this value; None = off
     "weight_clip": 1.0,  # clamp weights to [-w, w] after every step; None = off
     # learning-rate schedule, stepped every iteration
-    "scheduler": "cosine",  # cosine | cosine_restarts | cyclic | step | constant
-    "t_max": 735,  # cosine: iterations from lr down to eta_min (then back up)
-    "eta_min": 0.0,  # cosine, cosine_restarts: lowest lr
-    "t_0": 735,  # cosine_restarts: iterations of the first period
+    "scheduler": "cosine",  # cosine | cosine_restarts | cyclic | step | constant | onecycle | warmup_cosine
+    "t_max": 735,  # cosine: iterations from lr down to eta_min (then back up); t_max_epochs overrides it
+    "t_max_epochs": None,  # cosine: the same fall in epochs; None = use t_max
+    "eta_min": 0.0,  # cosine, cosine_restarts, warmup_cosine: lowest lr
+    "t_0": 735,  # cosine_restarts: iterations of the first period; t_0_epochs overrides it
+    "t_0_epochs": None,  # cosine_restarts: the first period in epochs; None = use t_0
     "t_mult": 1,  # cosine_restarts: growth factor of each next period
     "base_lr": 2.634e-4,  # cyclic: lower bound (the upper bound is lr)
-    "step_size_up": 735,  # cyclic: iterations from base_lr up to lr (and back down)
-    "step_size": 735,  # step: iterations between lr decays
+    "step_size_up": 735,  # cyclic: iterations from base_lr up to lr (and back down); step_size_up_epochs overrides it
+    "step_size_up_epochs": None,  # cyclic: the rise in epochs; None = use step_size_up
+    "step_size": 735,  # step: iterations between lr decays; step_size_epochs overrides it
+    "step_size_epochs": None,  # step: the time between decays in epochs; None = use step_size
     "gamma": 0.5,  # step: lr decay factor
+    "pct_start": 0.3,  # onecycle: fraction of all iterations spent rising to lr
+    "div_factor": 25.0,  # onecycle: the start lr is lr / div_factor
+    "final_div_factor": 1e4,  # onecycle: the final lr is lr / div_factor / final_div_factor
+    "warmup_epochs": 1.0,  # warmup_cosine: epochs of linear warmup from 0 to lr, then one cosine fall to eta_min
     # protocol
     "epochs": 500,  # maximum epochs per trial
     "patience": 100,  # early stopping: epochs without a better test (or validation) accuracy

@@ -1,9 +1,10 @@
 """The entry point of every run.py: parse overrides, validate, run; user errors end in one line."""
+import argparse
 import sys
 from pathlib import Path
 
 from .config import format_help, parse_args, read_key_comments, run_py_defaults, validate
-from .errors import UserError
+from .errors import UserError, cut
 
 
 def main(config, demo=None, argv=None):
@@ -35,3 +36,27 @@ def _display_path(source):
         return str(source.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(source)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the root scripts: a usage mistake raises UserError (one line, exit code 2), not usage text."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, with unknown arguments cut in the message (they can be any length)."""
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {cut(' '.join(extras))}")
+        return namespace
+
+
+def report_user_errors(action, *args):
+    """Run action(*args) for a root script's main: 0, or a UserError printed as one `error:` line and its code."""
+    try:
+        action(*args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .errors import UserError, cut, shorten
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]  # qsnn's parent: the checkout, or site-packages when installed
 
-from .schema import CHOICES, NULLABLE, RESUMABLE_KEYS, SCHEMA, complete  # noqa: F401 (re-exported)
+from .schema import CHOICES, EPOCHS_TWINS, NULLABLE, RESUMABLE_KEYS, SCHEMA, complete  # noqa: F401 (re-exported)
 
 FLAGS = {
     "--demo": "run the short offline demo preset (scikit-learn digits) instead of the full experiment",
@@ -148,7 +148,17 @@ def parse_args(defaults, argv, demo=None):
             cfg[name] = True if text is None else coerce(name, text, defaults[name])
         except UserError as e:
             raise UserError(f"{e}; valid keys: {', '.join(defaults)}") from None
+    check_one_period_form(cfg, {name for name, _ in pairs})
     return cfg, flags
+
+
+def check_one_period_form(cfg, given):
+    """Refuse a command line that states one period both in iterations and in epochs (set twin)."""
+    # Only the command line says which form the user meant: the run.py dict always holds the iteration key.
+    for key, twin in EPOCHS_TWINS.items():
+        if key in given and twin in given and cfg.get(twin) is not None:
+            raise UserError(f"--{key} {cfg[key]!r} and --{twin} {cfg[twin]!r} both set one period; give only one "
+                            f"(--{twin}, when set, overrides --{key})")
 
 
 def run_py_defaults(config, demo=None):
@@ -182,10 +192,20 @@ def precision_name(num_bits):
     return "fp32" if num_bits is None else f"{num_bits}bit"
 
 
+def from_checkout():
+    """True if qsnn runs from a checkout (its parent holds pyproject.toml), False if installed (site-packages)."""
+    return (REPO_ROOT / "pyproject.toml").is_file()
+
+
+def path_base():
+    """The folder relative config paths start from: the repository root in a checkout, else the current folder."""
+    return REPO_ROOT if from_checkout() else Path.cwd()
+
+
 def resolve_path(path):
-    """A config path: absolute as given, relative ones against the repository root."""
+    """A config path: absolute as given, relative ones against path_base()."""
     path = Path(os.path.expanduser(path))
-    return path if path.is_absolute() else REPO_ROOT / path
+    return path if path.is_absolute() else path_base() / path
 
 
 def validate(cfg, datasets=None):
@@ -203,7 +223,8 @@ def validate(cfg, datasets=None):
     problems += [problem for key in cfg if key in SCHEMA and (problem := value_problem(key, cfg[key]))]
     if problems:  # the cross-key checks below compare values of the right kinds
         raise UserError("\n".join(problems))
-    if cfg.get("scheduler") in ("cosine", "cosine_restarts") and 0 < cfg["lr"] < cfg.get("eta_min", 0):
+    floored = ("cosine", "cosine_restarts", "warmup_cosine")
+    if cfg.get("scheduler") in floored and 0 < cfg["lr"] < cfg.get("eta_min", 0):
         problems.append(f"--eta_min {cfg['eta_min']!r} is not allowed; it must not exceed lr ({cfg['lr']!r})")
     if "correct_rate" in cfg and cfg["correct_rate"] <= cfg["incorrect_rate"]:
         problems.append(f"--correct_rate {cfg['correct_rate']!r} is not allowed; it must exceed incorrect_rate "

@@ -15,7 +15,6 @@ backslash escapes, so output stays one line per row and encodable.
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import json
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from qsnn import schema
+from qsnn.cli import ArgumentParser  # noqa: F401 (the root scripts' parser, re-exported)
 from qsnn.config import precision_name
 from qsnn.runlog import EFFICIENCY_COLUMNS
 from qsnn.errors import MESSAGE_VALUE_CHARS, UserError, shorten
@@ -101,20 +101,6 @@ class TrialLog(NamedTuple):
     run: Run
     trial: int
     data: pd.DataFrame
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage mistakes raise UserError (one line, exit code 2) instead of printing usage."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see {self.prog} --help)")
-
-    def parse_args(self, args=None, namespace=None):
-        """As argparse's, with unknown arguments cut in the message (they can be any length)."""
-        namespace, extras = self.parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {cut_long(' '.join(extras))}")
-        return namespace
 
 
 def cut_long(text: str) -> str:

@@ -24,7 +24,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import REPO_ROOT, RESUMABLE_KEYS, precision_name, resolve_path
+from .config import REPO_ROOT, RESUMABLE_KEYS, from_checkout, precision_name, resolve_path
 from .schema import FOLDER_NAME_KEYS
 from .errors import UserError, shorten
 
@@ -193,7 +193,9 @@ def package_versions():
 
 
 def git_commit():
-    """The repository's HEAD commit (with '+dirty' for uncommitted changes), or None."""
+    """The repository's HEAD commit (with '+dirty' for uncommitted changes), or None (e.g. an installed qsnn)."""
+    if not from_checkout():  # site-packages may sit inside some other git repository
+        return None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                                 text=True, timeout=5, check=True).stdout.strip()

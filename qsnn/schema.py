@@ -16,7 +16,8 @@ SEARCHABLE_ROLES = frozenset({"network", "training", "schedule"})
 STATIC_DATASETS = ("mnist", "fashion_mnist", "digits")  # images repeated at every time step
 EVENT_DATASETS = ("dvs128_gesture",)  # event-camera frames, with separate train and test lengths
 DATASETS = STATIC_DATASETS + EVENT_DATASETS
-SCHEDULERS = ("cosine", "cosine_restarts", "cyclic", "step", "constant")
+SCHEDULERS = ("cosine", "cosine_restarts", "cyclic", "step", "constant", "onecycle", "warmup_cosine")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 # Identity that config.json records outside "config" (runlog.execution_context), with the value a
 # folder written before it was recorded ran with.
 CONTEXT_IDENTITY = {"world_size": 1}
@@ -43,6 +44,7 @@ class Key:
     tune_sets: str = ""  # tune.py sets it for every trial itself: what to use instead
     searchable: bool = None  # None: from the role (SEARCHABLE_ROLES) unless tune.py sets it
     in_folder_name: bool = False  # part of the default run-folder name <dataset>_<precision>_<scheduler>
+    epochs_of: str = ""  # an epochs twin: the iteration key whose period it states in epochs (and overrides)
 
     def __post_init__(self):
         """Fill the derived flags once, so every user reads the same answer."""
@@ -99,6 +101,16 @@ def off_or_positive(v):
     return v is None or v > 0
 
 
+def open_unit(v):
+    """0 < v < 1."""
+    return 0 < v < 1
+
+
+def at_least_one(v):
+    """v >= 1."""
+    return v >= 1
+
+
 def _k(name, default, role, help, **kw):
     """A Key whose type is its default's (give type= when the default is None)."""
     return Key(name, default, kw.pop("type", type(default)), role, help, **kw)
@@ -106,13 +118,21 @@ def _k(name, default, role, help, **kw):
 
 _POS = dict(check=positive, allowed="> 0")
 
+
+def _epochs_twin(of, scheduler, what):
+    """The epochs form of the period key `of`: None = use `of`; set, it overrides `of`."""
+    return _k(f"{of}_epochs", None, "schedule", f"{scheduler}: {what} in epochs (overrides {of}); None = use {of}",
+              type=float, nullable=True, check=off_or_positive, allowed="None (use the iteration key) or > 0",
+              schedulers=(scheduler,), epochs_of=of)
+
+
 KEYS = (
     _k("dataset", "mnist", "network", "the dataset (each run.py is made for its own)", choices=DATASETS,
        loader=True, searchable=False, in_folder_name=True),
     _k("exp_name", "", "output", "run folder name; empty = <dataset>_<fp32|Nbit>_<scheduler>", resumable=False,
        tune_sets="trials are named trial_<number>"),
-    _k("output_dir", "runs", "output", "where run folders go (relative paths: from the repository root)"),
-    _k("data_dir", "data", "output", "where datasets are read (relative: from the repository root)", loader=True),
+    _k("output_dir", "runs", "output", "where run folders go (relative: from the repository root; for an installed qsnn, from the current folder)"),
+    _k("data_dir", "data", "output", "where datasets are read (relative: as output_dir)", loader=True),
     # network
     _k("num_bits", 4, "network", "weight bit width (1..16); None = full-precision float weights", nullable=True,
        check=bit_width, allowed="None (full precision) or 1..16", in_folder_name=True),
@@ -133,7 +153,12 @@ KEYS = (
        allowed="within [0, 1]"),
     _k("incorrect_rate", 0.2, "training", "mse_count_loss: target firing rate of the other classes", check=unit,
        allowed="within [0, 1]"),
-    _k("lr", 5.4e-3, "training", "Adam learning rate (the peak of the periodic schedules)", **_POS),
+    _k("lr", 5.4e-3, "training", "learning rate (the peak of the periodic schedules)", **_POS),
+    _k("optimizer", "adam", "training", "adam (the paper's, betas 0.9/0.999) | adamw | sgd (with momentum)",
+       choices=OPTIMIZERS),
+    _k("weight_decay", 0.0, "training", "weight decay (adamw: decoupled; adam, sgd: L2 in the gradient)",
+       check=non_negative, allowed=">= 0"),
+    _k("momentum", 0.9, "training", "sgd: momentum", check=below_one, allowed="within [0, 1)"),
     _k("batch_size", 128, "training", "training mini-batch", loader=True, **_POS),
     _k("grad_clip", None, "training", "clip the gradient norm to this value; None = off", type=float,
        nullable=True, check=off_or_positive, allowed="None (off) or > 0"),
@@ -144,19 +169,31 @@ KEYS = (
     _k("scheduler", "cosine", "schedule", "learning-rate schedule, stepped every iteration", choices=SCHEDULERS,
        in_folder_name=True),
     _k("t_max", 4690, "schedule", "cosine: iterations from lr down to eta_min", schedulers=("cosine",), **_POS),
-    _k("eta_min", 0.0, "schedule", "cosine, cosine_restarts: lowest lr", schedulers=("cosine", "cosine_restarts"),
-       check=non_negative, allowed=">= 0"),
+    _epochs_twin("t_max", "cosine", "the fall from lr to eta_min"),
+    _k("eta_min", 0.0, "schedule", "cosine, cosine_restarts, warmup_cosine: lowest lr",
+       schedulers=("cosine", "cosine_restarts", "warmup_cosine"), check=non_negative, allowed=">= 0"),
     _k("t_0", 4690, "schedule", "cosine_restarts: iterations of the first period", schedulers=("cosine_restarts",),
        **_POS),
+    _epochs_twin("t_0", "cosine_restarts", "the first period"),
     _k("t_mult", 1, "schedule", "cosine_restarts: growth factor of each next period",
        schedulers=("cosine_restarts",), check=lambda v: v >= 1, allowed=">= 1"),
     _k("base_lr", 5.4e-4, "schedule", "cyclic: lower bound (the upper bound is lr)", schedulers=("cyclic",),
        **_POS),
     _k("step_size_up", 4690, "schedule", "cyclic: iterations from base_lr up to lr", schedulers=("cyclic",),
        **_POS),
+    _epochs_twin("step_size_up", "cyclic", "the rise from base_lr to lr"),
     _k("step_size", 4690, "schedule", "step: iterations between lr decays", schedulers=("step",), **_POS),
+    _epochs_twin("step_size", "step", "the time between lr decays"),
     _k("gamma", 0.5, "schedule", "step: lr decay factor", schedulers=("step",), check=lambda v: 0 < v <= 1,
        allowed="within (0, 1]"),
+    _k("pct_start", 0.3, "schedule", "onecycle: fraction of all iterations spent rising to lr",
+       schedulers=("onecycle",), check=open_unit, allowed="within (0, 1)"),
+    _k("div_factor", 25.0, "schedule", "onecycle: the start lr is lr / div_factor", schedulers=("onecycle",),
+       check=at_least_one, allowed=">= 1"),
+    _k("final_div_factor", 1e4, "schedule", "onecycle: the final lr is lr / div_factor / final_div_factor",
+       schedulers=("onecycle",), check=at_least_one, allowed=">= 1"),
+    _k("warmup_epochs", 1.0, "schedule", "warmup_cosine: epochs of linear warmup from 0 to lr, then one cosine "
+       "fall to eta_min", schedulers=("warmup_cosine",), check=non_negative, allowed=">= 0"),
     # protocol: epochs, patience and num_trials only say how long, so a resumed run may extend them
     _k("epochs", 500, "protocol", "maximum epochs per trial", resumable=True, tune_sets="use --epochs", **_POS),
     _k("patience", 100, "protocol", "early stopping: epochs without a better test (or validation) accuracy",
@@ -203,6 +240,7 @@ TUNE_SETS = {key.name: key.tune_sets for key in KEYS if key.tune_sets}
 SEARCHABLE_KEYS = frozenset(keys_where(lambda k: k.searchable))
 RUN_ONLY_KEYS = frozenset(keys_where(lambda k: k.role in RESUMABLE_ROLES and not k.tune_sets))
 FOLDER_NAME_KEYS = keys_where(lambda k: k.in_folder_name)
+EPOCHS_TWINS = {key.epochs_of: key.name for key in KEYS if key.epochs_of}  # iteration key -> its epochs twin
 
 
 def keys_for(datasets):
@@ -226,6 +264,8 @@ def experiment_identity(config, context=None):
     used = SCHEDULE_KEYS.get(scheduler, ALL_SCHEDULE_KEYS)
     dataset = config.get("dataset", SCHEMA["dataset"].default)
     known = {k.name for k in keys_for((dataset,)) if k.identity and (k.name in used or k.name not in ALL_SCHEDULE_KEYS)}
+    # a set epochs twin replaces its iteration key, whose value the run then never read
+    known -= {of for of, twin in EPOCHS_TWINS.items() if config.get(twin) is not None}
     # keys the schema does not know (a newer or foreign writer's) still tell experiments apart
     unknown = {k: v for k, v in config.items() if k not in SCHEMA}
     identity = {**unknown, **{k: config.get(k, SCHEMA[k].default) for k in known}}

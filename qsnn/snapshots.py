@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import runlog
 from .errors import UserError
+from .schedules import scheduled
 
 SNAPSHOT_MODES = ("off", "epoch", "extrema")
 SNAPSHOT_FILE = re.compile(r"^it(?P<iteration>\d{8})\.pt$")
@@ -31,8 +32,10 @@ def snapshot_path(folder, iteration):
     return Path(folder) / f"it{iteration:08d}.pt"
 
 
-def lr_extremum(cfg, iteration):
+def lr_extremum(cfg, iteration, iterations_per_epoch=None):
     """'trough', 'peak' or None: where the schedule's LR is after `iteration` steps.
+
+    Periods stated in epochs (t_max_epochs, ...) need `iterations_per_epoch`, as the scheduler does.
 
     cosine: the LR reaches eta_min after each odd multiple of t_max and lr after each even one.
     cosine_restarts: the trough is the end of each period (the model just before the jump back up).
@@ -41,6 +44,7 @@ def lr_extremum(cfg, iteration):
     name = cfg["scheduler"]
     if iteration <= 0:
         return None
+    cfg = scheduled(cfg, iterations_per_epoch)  # the same iteration counts the scheduler was built with
     if name == "cosine":
         periods, rest = divmod(iteration, cfg["t_max"])
         return None if rest else ("trough" if periods % 2 else "peak")
@@ -102,7 +106,7 @@ class SnapshotSaver:
     def after_step(self, model, iteration, lr):
         """Called after every optimizer + scheduler step: snapshot at an LR extremum inside an epoch."""
         if self.enabled and self.mode == "extrema" and iteration % self.per_epoch:
-            kind = lr_extremum(self.cfg, iteration)
+            kind = lr_extremum(self.cfg, iteration, self.per_epoch)
             if kind is not None:
                 self.save(model, iteration, lr, kind)
 
@@ -110,7 +114,7 @@ class SnapshotSaver:
         """Called once an epoch is saved: every mode but off snapshots an epoch end at an extremum."""
         if not self.enabled:
             return
-        kind = lr_extremum(self.cfg, iteration)
+        kind = lr_extremum(self.cfg, iteration, self.per_epoch)
         if self.mode == "epoch" or kind is not None:
             self.save(model, iteration, lr, kind or "epoch")
 

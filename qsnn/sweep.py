@@ -57,7 +57,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import runlog
-from .config import REPO_ROOT, parse_args, resolve_path, validate
+from .config import parse_args, path_base, resolve_path, validate
 from .errors import UserError, shorten
 from .tuning import HEARTBEAT_S, open_storage
 
@@ -171,7 +171,7 @@ def load_run_py(path, run):
     """(run.py's path, its config dict, the datasets it runs), as its own command line would check them."""
     run_py = resolve_path(run)
     if not run_py.is_file():
-        raise UserError(f"grid {path}: run {run!r} is not a file (paths are from the repository root {REPO_ROOT})")
+        raise UserError(f"grid {path}: run {run!r} is not a file (relative paths are from {path_base()})")
     try:
         namespace = runpy.run_path(str(run_py))
     except Exception as e:  # a broken run.py: its own error, in one line

@@ -17,7 +17,7 @@ from . import distributed, progress, runlog
 from .efficiency import EfficiencyMeter
 from .errors import UserError
 from .models import build_model
-from .schedules import build_scheduler
+from .schedules import build_optimizer, build_scheduler
 from .snapshots import SnapshotSaver
 
 
@@ -223,20 +223,20 @@ class Trial:
         return s.epoch < self.cfg["epochs"] and s.epoch - s.best_epoch < self.cfg["patience"]
 
 
-def build_training(cfg, device):
-    """Model, Adam optimizer, per-iteration LR scheduler and loss for a config."""
+def build_training(cfg, device, iterations_per_epoch):
+    """Model, optimizer, per-iteration LR scheduler (its epochs turned into iterations) and loss for a config."""
     model = build_model(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.999))
-    scheduler = build_scheduler(optimizer, cfg)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    scheduler = build_scheduler(optimizer, cfg, iterations_per_epoch)
     loss_fn = SF.mse_count_loss(correct_rate=cfg["correct_rate"], incorrect_rate=cfg["incorrect_rate"])
     return model, optimizer, scheduler, loss_fn
 
 
-def start_trial(cfg, k, run_dir, device, generator, use_val, resume, iterations_per_epoch=1):
+def start_trial(cfg, k, run_dir, device, generator, use_val, resume, iterations_per_epoch):
     """Seed trial k (seed + k), build its training, and restore its last epoch when resuming."""
     seed_everything(cfg["seed"] + k)
     generator.manual_seed(cfg["seed"] + k)
-    model, optimizer, scheduler, loss_fn = build_training(cfg, device)
+    model, optimizer, scheduler, loss_fn = build_training(cfg, device, iterations_per_epoch)
     network = distributed.wrap(model, device, cfg.get("sync_batch_norm", False))
     files = runlog.trial_files(run_dir, runlog.experiment_name(cfg), k)
     acc_header = ("epoch", "test_acc", *(("val_acc",) if use_val else ()), "train_loss", "train_time")

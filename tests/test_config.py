@@ -81,7 +81,7 @@ def test_help_lists_every_key_with_default_and_comment(cwd, script):
     for key, value in config.items():
         line = next(l for l in out.splitlines() if l.strip().startswith(f"--{key} "))
         assert repr(value) in line
-    assert "Adam learning rate" in out.split("--lr ")[1].splitlines()[0]
+    assert "learning rate (the peak of the periodic schedules)" in out.split("--lr ")[1].splitlines()[0]
     assert "--resume" in out and "--demo" in out
 
 

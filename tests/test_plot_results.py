@@ -190,6 +190,9 @@ def test_labels_in_the_study_s_words_from_folder_names(tmp_path):
     ({"scheduler": "step", "step_size": 938, "gamma": 0.5}, 469, ("step ×0.5 every 2 epochs", "step")),
     ({"scheduler": "constant", "t_max": 469}, 469, ("constant", "constant")),
     ({"scheduler": "cosine"}, 469, ("cosine", "cosine")),  # no t_max to describe
+    ({"scheduler": "cosine", "t_max": 4690, "t_max_epochs": 1.0, "epochs": 5}, 422,
+     ("cosine, period 2 epochs", "periodic")),  # the epochs twin overrides t_max
+    ({"scheduler": "cosine", "t_max": 4690, "t_max_epochs": 1.0}, None, ("cosine", "cosine")),
 ])
 def test_schedule_text_from_config(config, per_epoch, expected):
     assert plot_results.schedule_text(config, per_epoch) == expected
