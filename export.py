@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
 from qsnn import deploy, integer_export  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
-from qsnn.results import ArgumentParser  # noqa: E402  (usage mistakes as one-line UserErrors)
+from qsnn.cli import ArgumentParser, report_user_errors  # noqa: E402  (usage mistakes as one-line UserErrors)
 
 # membrane_bits: 8 bits already agree with PyTorch on 100% of the digits demo's predictions but flip 28% of
 # output spikes (7 bits: 99.44%); 16 bits keep predictions and flip under 1% of the spikes that the integer
@@ -103,16 +103,16 @@ def export(args):
 
 def main(argv=None):
     """Export (and with --widths compare); a user mistake is one `error:` line and exit code 2."""
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        bundle, model, cfg = export(args)
-        if args.widths is not None:
-            options = {"headroom_bits": args.headroom_bits, "beta_shift": args.beta_bits}
-            print(integer_export.width_report(model, cfg, args.widths, options, first=bundle, limit=args.limit))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+    return report_user_errors(export_and_compare, sys.argv[1:] if argv is None else argv)
+
+
+def export_and_compare(argv):
+    """Parse the command line, write the bundle, and with --widths print the comparison."""
+    args = parse_args(argv)
+    bundle, model, cfg = export(args)
+    if args.widths is not None:
+        options = {"headroom_bits": args.headroom_bits, "beta_shift": args.beta_bits}
+        print(integer_export.width_report(model, cfg, args.widths, options, first=bundle, limit=args.limit))
 
 
 if __name__ == "__main__":

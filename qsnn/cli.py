@@ -53,10 +53,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def report_user_errors(action, *args):
-    """Run action(*args) for a root script's main: 0, or a UserError printed as one `error:` line and its code."""
+    """Run action(*args) for a root script's main: its exit code (0 unless it returns one), or a UserError
+    printed as `error:` lines and its code."""
     try:
-        action(*args)
+        code = action(*args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return e.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
