@@ -38,13 +38,7 @@ def lr_curve(name, iterations, **overrides):
     """The LR used at iterations 0..iterations-1."""
     cfg = {**BASE, "scheduler": name, **overrides}
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg["lr"])
-    scheduler = build_scheduler(optimizer, cfg)
-    lrs = []
-    for _ in range(iterations):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return lrs
+    return stepped_lrs(build_scheduler(optimizer, cfg), optimizer, iterations)
 
 
 def test_cosine_is_periodic_the_papers_boost():
