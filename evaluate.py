@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
 
-from qsnn.cli import ArgumentParser  # noqa: E402
+from qsnn.runs.cli import ArgumentParser  # noqa: E402
 from qsnn.errors import UserError, shorten  # noqa: E402
 
 REMEDY = "give a <exp>_t<k>.pt or last_<exp>_t<k>.pt file that training wrote"
@@ -53,7 +53,7 @@ def parse(argv):
 
 def check_device_arg(name):
     """Refuse an unusable --device in one line (the name is cut: it comes from the command line)."""
-    from qsnn.config import check_device
+    from qsnn.runs.config import check_device
 
     if not DEVICE_NAME.fullmatch(name):
         raise UserError(f"--device {shorten(name)} is not allowed; use auto, cpu, cuda or cuda:N")
@@ -109,7 +109,7 @@ def check_structure(path, checkpoint):
 
 def check_folder(path, checkpoint):
     """Refuse a checkpoint that sits in a run folder whose config.json describes another experiment."""
-    from qsnn import runlog
+    from qsnn.runs import runlog
 
     record = runlog.read_run_config(Path(path).parent)
     runlog.check_checkpoint_matches(path, checkpoint, None if record is None else record["config"])
@@ -117,7 +117,8 @@ def check_folder(path, checkpoint):
 
 def run_py_defaults(path, cfg):
     """The config of the checkpoint's dataset's run.py: the reference for its keys and their types."""
-    from qsnn.config import CHOICES, REPO_ROOT
+    from qsnn.paths import REPO_ROOT
+    from qsnn.runs.config import CHOICES
 
     if "dataset" not in cfg:
         raise UserError(f"{path}: its config lacks dataset, so the network it holds is unknown; {REMEDY}")
@@ -142,7 +143,7 @@ def evaluation_view(path, cfg, defaults):
 
 def check_value_types(path, view, defaults):
     """Each value has its run.py default's type and, for integers, fits in 64 bits (their text can be huge)."""
-    from qsnn.config import CHOICES, check_type, type_text
+    from qsnn.runs.config import CHOICES, check_type, type_text
 
     for key, value in view.items():
         if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 63:
@@ -160,7 +161,7 @@ def check_value_types(path, view, defaults):
 
 def check_values(path, view):
     """The project's validation of a config (ranges, finiteness) on the keys evaluation reads, as one line."""
-    from qsnn.config import validate
+    from qsnn.runs.config import validate
 
     # validate also probes output_dir for writing; evaluation writes nothing, so it probes the temp folder.
     try:
@@ -171,7 +172,7 @@ def check_values(path, view):
 
 def check_activations(cfg, device):
     """Refuse, before any data is read, a test batch whose activations cannot fit in the device's memory."""
-    from qsnn.memory import activation_bytes, available_bytes
+    from qsnn.runs.memory import activation_bytes, available_bytes
 
     _, needed = activation_bytes({**cfg, "batch_size": cfg["test_batch_size"]})
     available = available_bytes(device)
@@ -182,7 +183,7 @@ def check_activations(cfg, device):
 
 def check_overrides(args):
     """Refuse a command-line override that no run could use (before the checkpoint is read)."""
-    from qsnn.config import CHOICES
+    from qsnn.runs.config import CHOICES
 
     if args.execution is not None and args.execution not in CHOICES["execution"]:
         raise UserError(f"--execution {shorten(args.execution)} is not allowed; choose one of "
@@ -208,7 +209,7 @@ def test_config(path, checkpoint, args):
 
 def read_checkpoint(path):
     """The checkpoint at path, loaded and checked: a state dict, a config of plain values, the right folder."""
-    from qsnn import runlog
+    from qsnn.runs import runlog
 
     check_checkpoint_path(path)
     checkpoint = runlog.load_checkpoint(path, ("model", "config"), remedy=REMEDY)
@@ -221,12 +222,12 @@ def evaluate_checkpoint(path, args):
     """(config, accuracy in percent, efficiency figures as in an eff CSV) of a checkpoint on its test set."""
     import torch
 
-    from qsnn.data import make_loaders
-    from qsnn.efficiency import COLUMNS, EfficiencyMeter
-    from qsnn.experiment import resolve_device
-    from qsnn.models import build_model
+    from qsnn.data.images import make_loaders
+    from qsnn.core.efficiency import COLUMNS, EfficiencyMeter
+    from qsnn.runs.experiment import resolve_device
+    from qsnn.core.models import build_model
     from qsnn.progress import progress
-    from qsnn.train import evaluate, test_steps
+    from qsnn.core.train import evaluate, test_steps
 
     check_device_arg(args.device)
     check_overrides(args)

@@ -4,7 +4,7 @@
     python export.py runs/digits_4bit_cosine --trial 0 --out model --membrane_bits 16
     python export.py runs/digits_4bit_cosine --widths 8,12,16,24,32   # also: accuracy and agreement per width
 
-The bundle format and the integer recurrence are described in qsnn/deploy.py.
+The bundle format and the integer recurrence are described in qsnn/deploy/runtime.py.
 """
 import os
 import sys
@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
-from qsnn import deploy, integer_export  # noqa: E402
+from qsnn.deploy import runtime as deploy, convert as integer_export  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
-from qsnn.cli import ArgumentParser, report_user_errors  # noqa: E402  (usage mistakes as one-line UserErrors)
+from qsnn.runs.cli import ArgumentParser, report_user_errors  # noqa: E402  (usage mistakes as one-line UserErrors)
 
 # membrane_bits: 8 bits already agree with PyTorch on 100% of the digits demo's predictions but flip 28% of
 # output spikes (7 bits: 99.44%); 16 bits keep predictions and flip under 1% of the spikes that the integer
@@ -87,7 +87,7 @@ def check_writable(folder, what, remedy):
 
 def export(args):
     """Write the bundle; returns (bundle, model, config)."""
-    from qsnn.train import test_steps
+    from qsnn.core.train import test_steps
 
     cfg, model, source = integer_export.load_trial(args.run_dir, args.trial)
     extra = {"source": source, "num_steps": test_steps(cfg),

@@ -1,6 +1,6 @@
 """Summarise the test accuracy of every QSNN run under a folder as a CSV file and a markdown table.
 
-One row per experiment: the identity keys of a run folder's config.json (qsnn/schema.py: what is
+One row per experiment: the identity keys of a run folder's config.json (qsnn/runs/schema.py: what is
 computed, world size and BatchNorm synchronisation included; not device, epochs, seed, ...); folders of
 the same experiment pool their trials, a trial (experiment, seed + k) found in two folders counts once
 with a warning, and a "setting" column names the keys that tell apart rows with the same dataset,
@@ -22,7 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from qsnn import results  # noqa: E402
+from qsnn.analysis import results  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 
 TABLE_COLUMNS_DOC = """\

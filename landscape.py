@@ -8,7 +8,7 @@
 The snapshots are those a training run wrote with --snapshots epoch (or extrema); the network, data, time
 steps and loss come from their config. At every point BatchNorm's statistics are recomputed on fixed
 training batches, then the training loss and accuracy (fixed training subset) and the test accuracy are
-measured. CSVs and figures (PNG + PDF) go to --out (default RUN_DIR/landscape); see qsnn/landscape.py.
+measured. CSVs and figures (PNG + PDF) go to --out (default RUN_DIR/landscape); see qsnn/analysis/landscape.py.
 """
 import argparse
 import sys
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
 
-from qsnn.cli import ArgumentParser, report_user_errors  # noqa: E402
+from qsnn.runs.cli import ArgumentParser, report_user_errors  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 
 
@@ -85,9 +85,9 @@ def output_folder(args):
 
 def make_probe(args, cfg, test_images=0):
     """The Probe of the run's config on the chosen device."""
-    from qsnn.config import check_device
-    from qsnn.experiment import resolve_device
-    from qsnn.landscape import Probe
+    from qsnn.runs.config import check_device
+    from qsnn.runs.experiment import resolve_device
+    from qsnn.analysis.landscape import Probe
 
     problem = check_device(args.device)
     if problem:
@@ -97,8 +97,8 @@ def make_probe(args, cfg, test_images=0):
 
 def interpolate(args):
     """Curves, summary CSV and figure for the chosen pairs; prints one line per pair."""
-    from qsnn import landscape as ls
-    from qsnn.landscape_plots import plot_interpolation, save_figure
+    from qsnn.analysis import landscape as ls
+    from qsnn.analysis.landscape_plots import plot_interpolation, save_figure
     from qsnn.progress import progress
 
     snaps = ls.read_run(args.run_dir, args.trial)
@@ -140,9 +140,9 @@ def file_stem(name):
 
 def distances(args):
     """distances.csv and its figure."""
-    from qsnn import landscape as ls
-    from qsnn.landscape_plots import plot_distances, save_figure
-    from qsnn.models import build_model
+    from qsnn.analysis import landscape as ls
+    from qsnn.analysis.landscape_plots import plot_distances, save_figure
+    from qsnn.core.models import build_model
 
     snaps = ls.read_run(args.run_dir, args.trial)
     if len(snaps) < 2:
@@ -160,9 +160,9 @@ def distances(args):
 
 def plane(args):
     """plane_<directions>.csv, its trajectory CSV and its contour figure."""
-    from qsnn import landscape as ls
-    from qsnn.landscape_plane import plane as compute_plane
-    from qsnn.landscape_plots import plot_plane, save_figure
+    from qsnn.analysis import landscape as ls
+    from qsnn.analysis.landscape_plane import plane as compute_plane
+    from qsnn.analysis.landscape_plots import plot_plane, save_figure
     from qsnn.progress import progress
 
     snaps = ls.read_run(args.run_dir, args.trial)

@@ -43,10 +43,10 @@ import matplotlib  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402  (no pyplot: the backend is chosen later)
 
-from qsnn import results  # noqa: E402
+from qsnn.analysis import results  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
-from qsnn.results import ResultsWarning, Run, TrialLog, collect_logs  # noqa: E402
-from qsnn.schema import EPOCHS_TWINS  # noqa: E402
+from qsnn.analysis.results import ResultsWarning, Run, TrialLog, collect_logs  # noqa: E402
+from qsnn.runs.schema import EPOCHS_TWINS  # noqa: E402
 
 DEFAULT_WINDOW = 50
 DEFAULT_DPI = 200
@@ -627,7 +627,7 @@ def make_figures(runs: list[Run], window: int = DEFAULT_WINDOW, lr: bool = False
 
 def save_figure(fig, out_dir: str | Path, stem: str, dpi: int = DEFAULT_DPI) -> list[Path]:
     """Save fig atomically as <out_dir>/<stem>.png (at dpi) and .pdf, creating out_dir; UserError if impossible."""
-    from qsnn.runlog import atomic_path  # imports torch: only when writing
+    from qsnn.runs.runlog import atomic_path  # imports torch: only when writing
 
     out_dir = Path(out_dir)
     paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf")]

@@ -5,7 +5,7 @@
     python sweep.py GRID.json --storage postgresql+psycopg2://user:pw@host/qsnn   # same command on every machine
     python sweep.py --help                                   # every option
 
-This file is the command line; the sweep lives in qsnn/sweep.py.
+This file is the command line; the sweep lives in qsnn/runs/sweep.py.
 """
 import argparse
 import os
@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
-from qsnn.cli import ArgumentParser  # noqa: E402
+from qsnn.runs.cli import ArgumentParser  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
-from qsnn.sweep import default_storage, load_grid, print_cells, run_sweep  # noqa: E402
+from qsnn.runs.sweep import default_storage, load_grid, print_cells, run_sweep  # noqa: E402
 
 EPILOG = """\
 grid file (JSON), e.g. results/sweeps/minima.json:

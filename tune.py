@@ -5,7 +5,7 @@
     python tune.py mnist --best          # print the best trial, write runs/tune/mnist_best.json
     python tune.py --help                # every option
 
-This file is the command line; the search itself lives in qsnn/tuning.py.
+This file is the command line; the search itself lives in qsnn/runs/tuning.py.
 """
 import argparse
 import os
@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
-from qsnn.config import REPO_ROOT, resolve_path, validate  # noqa: E402
-from qsnn.cli import ArgumentParser  # noqa: E402
+from qsnn.paths import REPO_ROOT, resolve_path  # noqa: E402
+from qsnn.runs.config import validate  # noqa: E402
+from qsnn.runs.cli import ArgumentParser  # noqa: E402
 from qsnn.errors import UserError, shorten  # noqa: E402
-from qsnn.tuning import (DATASETS, DEFAULT_RANGES, KEPT, base_config, check_out_file,  # noqa: E402
+from qsnn.runs.tuning import (DATASETS, DEFAULT_RANGES, KEPT, base_config, check_out_file,  # noqa: E402
                          check_ranges, get_study, open_storage, optimize, range_text, report, search_space,
                          storage_errors)
 

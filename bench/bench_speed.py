@@ -34,14 +34,14 @@ from torch.utils.benchmark import Measurement  # noqa: E402
 from torch.utils.benchmark.utils.common import TaskSpec  # noqa: E402
 from torch.utils.benchmark.utils.timer import timer as synced_clock  # noqa: E402  (waits for CUDA)
 
-from qsnn.data import TensorBatches  # noqa: E402
-from qsnn.equivalence import compare_executions  # noqa: E402
-from qsnn.memory import keep_freed_memory  # noqa: E402
-from qsnn.models import ARCHITECTURES, QSNN  # noqa: E402
-from qsnn.train import clamp_weights, run_network, train_epoch  # noqa: E402
+from qsnn.data.images import TensorBatches  # noqa: E402
+from qsnn.core.equivalence import compare_executions  # noqa: E402
+from qsnn.runs.memory import keep_freed_memory  # noqa: E402
+from qsnn.core.models import ARCHITECTURES, QSNN  # noqa: E402
+from qsnn.core.train import clamp_weights, run_network, train_epoch  # noqa: E402
 
 # The paper's settings (mnist/run.py, dvs128_gesture/run.py). Inputs are [B, ...] as the loaders
-# give them; qsnn.train.run_network turns an event batch [B, T, ...] time-first, as training does.
+# give them; qsnn.core.train.run_network turns an event batch [B, T, ...] time-first, as training does.
 CONFIGS = {
     "mnist": dict(kind="image", batch=128, steps=100, lr=5.4e-3, grad_clip=None, weight_clip=None,
                   model=dict(num_bits=4, beta=0.994, threshold=2.915, slope=13.84, dropout=0.003168,
@@ -128,7 +128,7 @@ class Runner:
 
 
 def train_iteration(path, x, y, steps):
-    """What qsnn.train.train_epoch does per batch (without the LR scheduler and logging)."""
+    """What qsnn.core.train.train_epoch does per batch (without the LR scheduler and logging)."""
     with record_function("bench.forward+loss"):
         loss = LOSS(run_network(path.model, x, steps), y)
     path.optimizer.zero_grad(set_to_none=True)
@@ -225,7 +225,7 @@ def profile_fast(name, base, cfg, x, y, steps, device, time_chunk, iters):
 
 
 def full_epoch(base, cfg, steps, device, execution, time_chunk):
-    """One MNIST epoch through qsnn.train.train_epoch on random uint8 images held on the device."""
+    """One MNIST epoch through qsnn.core.train.train_epoch on random uint8 images held on the device."""
     generator = torch.Generator().manual_seed(SEED)
     images = torch.randint(0, 256, (EPOCH_SAMPLES, 1, 28, 28), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (EPOCH_SAMPLES,), generator=generator)
@@ -278,7 +278,7 @@ OPTIONS = [  # (flag, argparse keywords)
     ("--no-reference", dict(action="store_true", help="time the fast path(s) only (no × ref, no agreement checks)")),
     ("--no-check", dict(action="store_true", help="skip the output/gradient agreement checks")),
     ("--threads", dict(type=int, help="torch.set_num_threads (default: torch's choice)")),
-    ("--malloc-default", dict(action="store_true", help="no qsnn.memory.keep_freed_memory() (training calls it)")),
+    ("--malloc-default", dict(action="store_true", help="no qsnn.runs.memory.keep_freed_memory() (training calls it)")),
 ]
 
 
@@ -305,7 +305,7 @@ def parse_args():
 
 
 def check_agreement(name, cfg, reference, x, y, steps, chunks, report):
-    """qsnn.equivalence on the reference's weights after its training iterations (a fresh net hardly spikes)."""
+    """qsnn.core.equivalence on the reference's weights after its training iterations (a fresh net hardly spikes)."""
     model_x, num_steps = (x, steps) if cfg["kind"] == "image" else (x.transpose(0, 1), None)
     for k, (item, value) in enumerate(chunks):
         agreement = compare_executions(reference.module, model_x, num_steps, labels=y if k == 0 else None,
@@ -372,7 +372,7 @@ def print_table(header, rows):
 
 
 def print_agreement(report, args):
-    print(f"\nFast vs reference (qsnn.equivalence.compare_executions) on the reference's weights after its "
+    print(f"\nFast vs reference (qsnn.core.equivalence.compare_executions) on the reference's weights after its "
           f"{args.warmup + args.iters + 1} training iterations and the same batch, eval mode:\n")
     rows = []
     for c in report["checks"]:
@@ -406,7 +406,7 @@ def print_report(header, report, meter, args):
         print_agreement(report, args)
     if report["epochs"]:
         print(f"\nFull MNIST epoch ({EPOCH_SAMPLES:,} random uint8 images on the device, batch 128, "
-              "qsnn.data.TensorBatches + qsnn.train.train_epoch, data loading included):\n")
+              "qsnn.data.images.TensorBatches + qsnn.core.train.train_epoch, data loading included):\n")
         print_table(["path", "steps:", "iterations:", "seconds:", "it/s:", meter.label + ":"],
                     [[e["path"], e["steps"], e["iterations"], f"{e['seconds']:.1f}",
                       f"{e['iterations'] / e['seconds']:.2f}", e["memory"]] for e in report["epochs"]])
@@ -426,7 +426,7 @@ def main():
               else "keep freed memory" if keep_freed_memory() else "default (keep_freed_memory n/a here)")
     on_cuda = args.device.type == "cuda"
     if on_cuda:
-        torch.backends.cudnn.benchmark = True  # as qsnn.experiment sets it for training
+        torch.backends.cudnn.benchmark = True  # as qsnn.runs.experiment sets it for training
         torch.cuda.set_device(args.device.index or 0)  # the benchmark clock synchronises the current device
     cuda = f" | CUDA {torch.version.cuda}, cudnn.benchmark on" if on_cuda else ""
     header = (f"device: {device_description(args.device)} | torch {torch.__version__} | snntorch {snntorch.__version__}"

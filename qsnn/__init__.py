@@ -1,5 +1,5 @@
 """Quantized spiking neural networks (Brevitas + snnTorch) trained under periodic LR schedules."""
-from .cli import main
-from .errors import UserError
+from qsnn.runs.cli import main
+from qsnn.errors import UserError
 
 __all__ = ["main", "UserError"]

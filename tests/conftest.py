@@ -18,7 +18,7 @@ for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from qsnn.memory import keep_freed_memory  # noqa: E402
+from qsnn.runs.memory import keep_freed_memory  # noqa: E402
 from torchvision_fixture import write_mnist_fixture  # noqa: E402
 
 keep_freed_memory()  # as run_experiment does: far fewer page faults, a faster suite

@@ -1,6 +1,6 @@
 """A small fake DVS128 Gesture in tonic's exact on-disk layout, loadable by the real tonic loader.
 
-Layout written under `root` (the `data_dir` to pass to `qsnn.dvs.load_dvs_gesture`):
+Layout written under `root` (the `data_dir` to pass to `qsnn.data.dvs.load_dvs_gesture`):
   DVSGesture/ibmGestureTrain.tar.gz, DVSGesture/ibmGestureTest.tar.gz   (empty placeholders)
   DVSGesture/ibmGestureTrain/user01_fluorescent/<label>.npy, ...       (one file per class)
   DVSGesture/ibmGestureTest/user24_fluorescent/<label>.npy, ...

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from qsnn.cli import main
-from qsnn.config import parse_args, read_key_comments, validate
+from qsnn.runs.cli import main
+from qsnn.runs.config import parse_args, read_key_comments, validate
 from qsnn.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_every_user_error_exits_2_with_its_message(defaults, capsys, argv, messa
 
 
 def test_an_existing_run_is_refused_with_exit_2(tiny_config, capsys):
-    from qsnn import runlog
+    from qsnn.runs import runlog
 
     folder = runlog.run_folder(tiny_config)
     folder.mkdir(parents=True)

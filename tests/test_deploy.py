@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import export
-from qsnn import deploy, integer_export
-from qsnn.models import ARCHITECTURES, QSNN, build_model, fold_avg_pool
+from qsnn.deploy import runtime as deploy, convert as integer_export
+from qsnn.core.models import ARCHITECTURES, QSNN, build_model, fold_avg_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def test_bundle_round_trip_needs_only_numpy(tmp_path):
     np.save(tmp_path / "codes.npy", codes)
     expected = deploy.run_bundle(bundle, codes, steps)[0]
     script = ("import sys, numpy as np; sys.modules['torch'] = None; sys.path.insert(0, sys.argv[1]);"
-              "from qsnn.deploy import load_bundle, run_bundle;"
+              "from qsnn.deploy.runtime import load_bundle, run_bundle;"
               "out, _ = run_bundle(load_bundle(sys.argv[2]), np.load(sys.argv[3]), 4);"
               "np.save(sys.argv[4], out)")
     subprocess.run([sys.executable, "-c", script, str(ROOT), str(json_path), str(tmp_path / "codes.npy"),

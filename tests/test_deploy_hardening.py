@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import export
-from qsnn import deploy, integer_export
+from qsnn.deploy import runtime as deploy, convert as integer_export
 from qsnn.errors import UserError
-from qsnn.models import build_model
+from qsnn.core.models import build_model
 from test_deploy import INPUT_INFO, dyadic_net, run_dir  # noqa: F401  (run_dir is a fixture)
 
 

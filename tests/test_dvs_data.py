@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dvs_fixture import NUM_CLASSES, make_dvs_gesture_fixture, write_sample  # noqa: E402
-from qsnn import dvs  # noqa: E402
+from qsnn.data import dvs  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 
 T_TRAIN, T_TEST = 8, 12  # 24 ms / 36 ms at 3 ms, so 10-50 ms fixture samples get padded and cut

@@ -6,8 +6,8 @@ import numpy as np
 
 from conftest import ROOT
 from dvs_fixture import NUM_CLASSES, user_folder, write_sample
-from qsnn import runlog
-from qsnn.experiment import run_experiment
+from qsnn.runs import runlog
+from qsnn.runs.experiment import run_experiment
 
 
 def write_learnable_fixture(root, per_class=10, n_events=300, seed=0):

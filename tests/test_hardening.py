@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-from qsnn import runlog, train
-from qsnn.cli import main
-from qsnn.config import parse_args, validate
+from qsnn.runs import runlog
+from qsnn.core import train
+from qsnn.runs.cli import main
+from qsnn.runs.config import parse_args, validate
 from qsnn.errors import UserError
-from qsnn.experiment import run_experiment
+from qsnn.runs.experiment import run_experiment
 
 EXP = "mnist_4bit_cosine"
 MNIST = runpy.run_path(str(ROOT / "mnist" / "run.py"))
@@ -194,7 +195,7 @@ def test_ctrl_c_before_training_is_one_line(monkeypatch, capsys, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("qsnn.experiment.run_experiment", interrupted)
+    monkeypatch.setattr("qsnn.runs.experiment.run_experiment", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         main(MNIST["config"], MNIST["demo"], argv=["--demo", "--output_dir", str(tmp_path)])
     assert exit_info.value.code == 130 and capsys.readouterr().err.startswith("error: interrupted")

@@ -1,4 +1,4 @@
-"""Issue 21: everything read back is untrusted input. Checkpoints (evaluate.py), IDX files (qsnn/data.py),
+"""Issue 21: everything read back is untrusted input. Checkpoints (evaluate.py), IDX files (qsnn/data/images.py),
 study databases and output paths (tune.py), run folders and CSV logs (the results table): each class of
 damage ends in one `error:` line and exit code 2, or is skipped with one `warning:` line, and writes nothing."""
 import gzip
@@ -23,11 +23,12 @@ from torchvision_fixture import write_mnist_fixture
 import evaluate  # noqa: E402
 import extract_test_set_accuracy  # noqa: E402
 import tune  # noqa: E402
-from qsnn import results, tuning  # noqa: E402
-from qsnn.data import load_image_dataset  # noqa: E402
+from qsnn.analysis import results
+from qsnn.runs import tuning  # noqa: E402
+from qsnn.data.images import load_image_dataset  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
-from qsnn.models import build_model  # noqa: E402
-from qsnn.runlog import run_folder  # noqa: E402
+from qsnn.core.models import build_model  # noqa: E402
+from qsnn.runs.runlog import run_folder  # noqa: E402
 
 EXP = "mnist_4bit_cosine"
 HUGE = "x" * 5_000_000  # a value that must never be echoed in full
@@ -224,7 +225,7 @@ def test_bad_command_line_values_are_one_cut_line(run_dir, capsys, argv, words):
     assert words in line and runs_of_x(line) <= 1
 
 
-# ---------------------------------------------------------------- qsnn/data.py: IDX files -----------------
+# ---------------------------------------------------------------- qsnn/data/images.py: IDX files -----------------
 
 def idx(shape, data=b"", kind=0x08, ndim=None, dims_format="i"):
     """IDX bytes exactly as on disk: 0, 0, type, ndim, big-endian 32-bit sizes, then the data."""
@@ -326,8 +327,8 @@ def tune_argv(root, study, *extra):
 @pytest.fixture
 def no_training(monkeypatch):
     """Any trial or data loading fails the test: every check here must come before them."""
-    monkeypatch.setattr("qsnn.train.run_trial", lambda *a, **k: pytest.fail("a trial ran"))
-    monkeypatch.setattr("qsnn.data.make_loaders", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr("qsnn.core.train.run_trial", lambda *a, **k: pytest.fail("a trial ran"))
+    monkeypatch.setattr("qsnn.data.images.make_loaders", lambda *a, **k: pytest.fail("data was loaded"))
 
 
 def tune_fails(capsys, argv):
@@ -445,8 +446,8 @@ def test_sqlite_uri_filenames_are_read_as_paths(tmp_path, capsys, no_training, m
 def test_a_sqlite_uri_for_a_search_creates_the_file_it_names(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    monkeypatch.setattr("qsnn.data.make_loaders", lambda *a, **k: {})
-    monkeypatch.setattr("qsnn.train.run_trial", lambda cfg, k, *a, on_epoch, **kw: on_epoch(1, 40.0) or
+    monkeypatch.setattr("qsnn.data.images.make_loaders", lambda *a, **k: {})
+    monkeypatch.setattr("qsnn.core.train.run_trial", lambda cfg, k, *a, on_epoch, **kw: on_epoch(1, 40.0) or
                         SimpleNamespace(best_score=40.0, best_epoch=1))
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///file:{tmp_path / 'sub' / 'made.db'}?uri=true"

@@ -1,4 +1,4 @@
-"""The landscape analysis (qsnn.landscape, landscape.py) on a tiny digits run with snapshots."""
+"""The landscape analysis (qsnn.analysis.landscape, landscape.py) on a tiny digits run with snapshots."""
 import csv
 import runpy
 from pathlib import Path
@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from conftest import ROOT
-from qsnn import landscape as ls
+from qsnn.analysis import landscape as ls
 from qsnn.errors import UserError
-from qsnn.landscape_plane import flatten, pca_directions, project, random_directions, unflatten
-from qsnn.models import build_model
+from qsnn.analysis.landscape_plane import flatten, pca_directions, project, random_directions, unflatten
+from qsnn.core.models import build_model
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A 3-epoch digits run (3 iterations an epoch, T=4) with snapshots: troughs at epochs 1 and 3, a peak at 2."""
-    from qsnn.experiment import run_experiment
+    from qsnn.runs.experiment import run_experiment
 
     module = runpy.run_path(str(ROOT / "mnist" / "run.py"))
     cfg = {**module["config"], **module["demo"], "num_steps": 4, "epochs": 3, "batch_size": 512, "t_max": 3,

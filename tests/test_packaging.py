@@ -67,7 +67,7 @@ def test_dependencies_are_those_of_requirements_txt(installed):
 def test_installed_package_imports_outside_the_checkout(installed, tmp_path):
     target, _ = installed
     # -I ignores PYTHONPATH and the current folder; sys.path gets the target in front of site-packages.
-    code = (f"import sys; sys.path.insert(0, {str(target)!r}); import qsnn, qsnn.models, qsnn.train; "
+    code = (f"import sys; sys.path.insert(0, {str(target)!r}); import qsnn, qsnn.core.models, qsnn.core.train; "
             "print(qsnn.__file__)")
     result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path,
                             check=True)
@@ -106,7 +106,7 @@ def run_in(python, folder, *args):
 
 def qsnn_seen_by(python, folder):
     """(qsnn.__file__, the base of relative config paths, sys.path) for the venv's python run in folder."""
-    code = ("import json, sys, qsnn, qsnn.config as c; "
+    code = ("import json, sys, qsnn, qsnn.paths as c; "
             "print(json.dumps([qsnn.__file__, str(c.path_base()), sys.path]))")
     result = run_in(python, folder, "-c", code)
     assert result.returncode == 0, result.stderr
@@ -122,15 +122,15 @@ def run_demo(python, folder, *overrides):
 
 
 def test_path_base_is_the_checkout_here_and_the_working_folder_when_installed(monkeypatch, tmp_path):
-    from qsnn import config
+    from qsnn import paths
 
-    assert config.from_checkout() and config.path_base() == ROOT
-    assert config.resolve_path("runs") == ROOT / "runs"
-    monkeypatch.setattr(config, "REPO_ROOT", tmp_path / "site-packages")  # no pyproject.toml beside qsnn
+    assert paths.from_checkout() and paths.path_base() == ROOT
+    assert paths.resolve_path("runs") == ROOT / "runs"
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path / "site-packages")  # no pyproject.toml beside qsnn
     monkeypatch.chdir(tmp_path)
-    assert not config.from_checkout()
-    assert config.resolve_path("runs") == tmp_path / "runs"
-    assert config.resolve_path(tmp_path / "abs") == tmp_path / "abs"
+    assert not paths.from_checkout()
+    assert paths.resolve_path("runs") == tmp_path / "runs"
+    assert paths.resolve_path(tmp_path / "abs") == tmp_path / "abs"
 
 
 def test_installed_wheel_runs_a_copied_run_py_where_it_is_run(tmp_path):

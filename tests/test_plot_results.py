@@ -1,4 +1,4 @@
-"""plot_results.py's paper figures on tiny run folders written in qsnn.runlog's on-disk format.
+"""plot_results.py's paper figures on tiny run folders written in qsnn.runs.runlog's on-disk format.
 
 Checks, by hand-computed numbers: the loss divided by each run's T, labels from folder names and
 configs, the fixed schedule-colour / precision-style mapping, seed folders pooled into one band,
@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 
 import plot_results  # noqa: E402
 from plot_results import Options, Style  # noqa: E402
-from qsnn import results  # noqa: E402
-from qsnn.runlog import EFFICIENCY_COLUMNS  # noqa: E402
+from qsnn.analysis import results  # noqa: E402
+from qsnn.runs.runlog import EFFICIENCY_COLUMNS  # noqa: E402
 
 ITERS_PER_EPOCH = 4
 BASE_CONFIG = {"num_bits": 4, "num_steps": 10, "scheduler": "cosine", "t_max": 8, "eta_min": 0.0, "lr": 0.01,
@@ -44,7 +44,7 @@ def write_lines(path: Path, header: str, rows: list[str]) -> None:
 
 def write_run(root: Path, name: str, dataset: str = "fashion_mnist", accs=((80.0, 82.0, 84.0),), states=None,
               weight_kib=None, **config) -> Path:
-    """A run folder as qsnn.runlog writes it: config.json, status.json and acc/loss/lr(/eff) CSVs per trial.
+    """A run folder as qsnn.runs.runlog writes it: config.json, status.json and acc/loss/lr(/eff) CSVs per trial.
 
     The logged loss is T times per_step_loss (it grows with the number of time steps); lr falls and rises
     as the configured cosine would, by a simple rule: 0.01 at even iterations, 0.005 at odd ones.

@@ -10,8 +10,8 @@ import snntorch.functional as SF
 import torch
 
 from conftest import ROOT, as_argv
-from qsnn import runlog
-from qsnn.experiment import run_experiment
+from qsnn.runs import runlog
+from qsnn.runs.experiment import run_experiment
 
 SLOW = dict(num_steps=30, batch_size=16, epochs=4, t_max=20)  # ~15 iterations per epoch
 EXP = "mnist_4bit_cosine"

@@ -1,4 +1,4 @@
-"""Tests of qsnn/results.py and its two CLIs on generated run folders with known numbers."""
+"""Tests of qsnn/analysis/results.py and its two CLIs on generated run folders with known numbers."""
 
 import json
 import os
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import extract_test_set_accuracy  # noqa: E402
 import plot_results  # noqa: E402
-from qsnn import results  # noqa: E402
+from qsnn.analysis import results  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 
 ITERS_PER_EPOCH = 4

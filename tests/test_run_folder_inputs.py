@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from conftest import ROOT
-from qsnn import runlog
+from qsnn.runs import runlog
 from qsnn.errors import UserError, shorten
-from qsnn.experiment import run_experiment
+from qsnn.runs.experiment import run_experiment
 
 EXP = "mnist_4bit_cosine"
 

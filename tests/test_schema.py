@@ -1,4 +1,4 @@
-"""The config schema (qsnn/schema.py) and everything derived from it: run.py keys, --help, validation,
+"""The config schema (qsnn/runs/schema.py) and everything derived from it: run.py keys, --help, validation,
 --resume, the results table's identity, tune.py's key sets and the integer export's known keys."""
 import dataclasses
 import json
@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from qsnn import config, results, schema, tuning
-from qsnn.cli import main
-from qsnn.config import parse_args, validate
+from qsnn.runs import config, schema, tuning
+
+from qsnn.analysis import results
+from qsnn.runs.cli import main
+from qsnn.runs.config import parse_args, validate
 from qsnn.errors import UserError
-from qsnn.integer_export import known_config_keys
-from qsnn.runlog import experiment_name
+from qsnn.deploy.convert import known_config_keys
+from qsnn.runs.runlog import experiment_name
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,7 +31,7 @@ def run_py_keys():
 
 @pytest.mark.parametrize("name, key", run_py_keys())
 def test_every_run_py_key_is_declared_with_its_type(name, key):
-    assert key in schema.SCHEMA, f"{name}/run.py has {key}, which qsnn/schema.py does not declare"
+    assert key in schema.SCHEMA, f"{name}/run.py has {key}, which qsnn/runs/schema.py does not declare"
     ns = RUN_PYS[name]
     value = {**ns["config"], **(ns.get("demo") or {})}[key]
     assert config.check_type(key, value, schema.SCHEMA[key].default) == value

@@ -1,4 +1,4 @@
-"""Tests of sweep.py (qsnn/sweep.py): two workers share a real 2x2 grid on the digits demo and train each cell
+"""Tests of sweep.py (qsnn/runs/sweep.py): two workers share a real 2x2 grid on the digits demo and train each cell
 once; a finished folder is recorded without training; a killed worker's cell is taken over; failures, folders
 held elsewhere and Ctrl-C are recorded as such (with a stand-in run.py that starts in a fraction of a second);
 bad grid files are one error line each; results/sweeps/minima.json is the study reproduce.sh ran before."""
@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import sweep  # noqa: E402
-from qsnn import runlog  # noqa: E402
-from qsnn import sweep as sweeplib  # noqa: E402
-from qsnn.config import parse_args  # noqa: E402
+from qsnn.runs import runlog  # noqa: E402
+from qsnn.runs import sweep as sweeplib  # noqa: E402
+from qsnn.runs.config import parse_args  # noqa: E402
 
 # run.py's own --demo is 10 epochs at 25 steps; a cell here is the digits data at its cheapest.
 DIGITS = {"dataset": "digits", "num_steps": 2, "epochs": 1, "patience": 1, "num_trials": 1, "batch_size": 256,
@@ -37,8 +37,8 @@ import sys
 import time
 
 sys.path.insert(0, REPO)
-from qsnn import runlog
-from qsnn.config import parse_args
+from qsnn.runs import runlog
+from qsnn.runs.config import parse_args
 from qsnn.errors import UserError
 
 config = {"dataset": "digits", "exp_name": "", "output_dir": "runs", "data_dir": "data", "device": "cpu",
@@ -349,7 +349,7 @@ def test_the_minima_grid_is_the_study_reproduce_sh_started(tmp_path):
 
 
 def test_trial_done_is_run_py_s_rule():
-    from qsnn.experiment import is_done
+    from qsnn.runs.experiment import is_done
 
     cfg = {"epochs": 5}
     for status in [{}, {"state": "running", "epochs_completed": 3}, {"state": "failed"},

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from qsnn import runlog
-from qsnn.experiment import run_experiment
+from qsnn.runs import runlog
+from qsnn.runs.experiment import run_experiment
 from qsnn.errors import UserError
 
 

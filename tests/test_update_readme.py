@@ -1,10 +1,78 @@
-"""results/update_readme.py: the schedule study's verdict is computed from finished trials only."""
+"""results/update_readme.py: the schedule study's verdict is computed from finished trials only, and each
+generated section is written into whichever of README.md and docs/*.md holds its markers."""
 import json
 import runpy
 
+import pytest
 from conftest import ROOT
 
 update = runpy.run_path(str(ROOT / "results" / "update_readme.py"))
+MarkerError = update["MarkerError"]
+
+
+def section(name, content="old"):
+    """A generated section with its two markers."""
+    start, end = update["markers"](name)
+    return f"{start}\n{content}\n{end}"
+
+
+def write_pages(root, readme, **docs):
+    """README.md and docs/<name>.md with the given texts."""
+    (root / "README.md").write_text(readme)
+    (root / "docs").mkdir()
+    for name, text in docs.items():
+        (root / "docs" / f"{name}.md").write_text(text)
+
+
+def test_each_section_is_filled_in_the_file_that_holds_its_markers(tmp_path):
+    write_pages(tmp_path, "# title\n\n" + section("results-table") + "\n\nhand-written text\n",
+                results="# results\n\n" + section("paper-epochs") + "\nafter\n", other="# no markers here\n")
+    places = update["locate"](("results-table", "paper-epochs"), tmp_path)
+    assert places == {"results-table": tmp_path / "README.md", "paper-epochs": tmp_path / "docs" / "results.md"}
+    changed = update["fill"]({"results-table": "| new table |", "paper-epochs": "| new epochs |"}, tmp_path)
+    assert sorted(changed) == [tmp_path / "README.md", tmp_path / "docs" / "results.md"]
+    assert (tmp_path / "README.md").read_text() == (
+        "# title\n\n" + section("results-table", "| new table |") + "\n\nhand-written text\n")
+    assert (tmp_path / "docs" / "results.md").read_text() == (
+        "# results\n\n" + section("paper-epochs", "| new epochs |") + "\nafter\n")
+    assert (tmp_path / "docs" / "other.md").read_text() == "# no markers here\n"
+    assert update["fill"]({"results-table": "| new table |"}, tmp_path) == []  # unchanged: nothing rewritten
+
+
+def test_two_sections_in_one_file_are_both_filled(tmp_path):
+    write_pages(tmp_path, section("schedule-verdict") + "\nbetween\n" + section("minima") + "\n")
+    update["fill"]({"schedule-verdict": "verdict", "minima": "minima"}, tmp_path)
+    assert (tmp_path / "README.md").read_text() == (
+        section("schedule-verdict", "verdict") + "\nbetween\n" + section("minima", "minima") + "\n")
+
+
+def test_a_section_found_in_no_file_is_an_error(tmp_path):
+    write_pages(tmp_path, "# title\n", results="# results\n")
+    with pytest.raises(MarkerError, match="no file has the <!-- minima:start --> ... <!-- minima:end --> markers"):
+        update["locate"](("minima",), tmp_path)
+
+
+def test_a_section_found_in_two_files_is_an_error_naming_both(tmp_path):
+    write_pages(tmp_path, section("minima"), results=section("minima"))
+    with pytest.raises(MarkerError, match="markers are in README.md and docs/results.md"):
+        update["fill"]({"minima": "new"}, tmp_path)
+    assert (tmp_path / "README.md").read_text() == section("minima")  # nothing written
+
+
+def test_a_start_marker_without_its_end_is_an_error(tmp_path):
+    start, end = update["markers"]("paper-epochs")
+    write_pages(tmp_path, "# title\n", results=f"{start}\nno end\n")
+    with pytest.raises(MarkerError, match="docs/results.md has 1 <!-- paper-epochs:start --> and 0"):
+        update["locate"](("paper-epochs",), tmp_path)
+    (tmp_path / "docs" / "results.md").write_text(f"{end}\n{start}\n")  # the wrong order
+    with pytest.raises(MarkerError, match="in that order"):
+        update["locate"](("paper-epochs",), tmp_path)
+
+
+def test_the_repository_holds_every_generated_section_exactly_once():
+    places = update["locate"](root=ROOT)
+    assert set(places) == set(update["SECTIONS"])
+    assert all(path.name == "README.md" or path.parent.name == "docs" for path in places.values())
 
 
 def write_run(root, schedule, accuracies, states=("finished",) * 3):

@@ -1,4 +1,4 @@
-"""Integer-only execution of a trained QSNN: the bundle format and its NumPy runtime (qsnn.integer_export makes
+"""Integer-only execution of a trained QSNN: the bundle format and its NumPy runtime (qsnn.deploy.convert makes
 bundles from checkpoints and compares them with PyTorch).
 
 A bundle is `NAME.npz` (integer arrays) plus `NAME.json` (layout and scalars); running it needs only NumPy.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError, shorten
+from qsnn.errors import UserError, shorten
 
 FORMAT = "qsnn-integer-bundle"
 VERSION = 1
@@ -368,7 +368,7 @@ def bundle_paths(path):
 
 def save_bundle(bundle, path):
     """Write NAME.npz and NAME.json atomically; returns the two paths."""
-    from .runlog import atomic_path, write_text  # torch is needed to export, not to run
+    from qsnn.runs.runlog import atomic_path, write_text  # torch is needed to export, not to run
 
     npz_path, json_path = bundle_paths(path)
     with atomic_path(npz_path) as tmp:
@@ -609,17 +609,17 @@ def check_limit(limit):
 
 
 def main(argv=None):
-    """python -m qsnn.deploy BUNDLE [--widths 8,12,16,24,32]: accuracy and agreement with PyTorch."""
-    from .cli import report_user_errors
+    """python -m qsnn.deploy.runtime BUNDLE [--widths 8,12,16,24,32]: accuracy and agreement with PyTorch."""
+    from qsnn.runs.cli import report_user_errors
 
     return report_user_errors(compare_bundle, argv)
 
 
 def compare_bundle(argv):
     """Parse the command line, load the bundle and print its comparison with the PyTorch model."""
-    from .cli import ArgumentParser  # usage mistakes as one-line UserErrors
+    from qsnn.runs.cli import ArgumentParser  # usage mistakes as one-line UserErrors
 
-    parser = ArgumentParser(prog="python -m qsnn.deploy", description=main.__doc__)
+    parser = ArgumentParser(prog="python -m qsnn.deploy.runtime", description=main.__doc__)
     parser.add_argument("bundle", help="NAME.npz, NAME.json or NAME of a bundle written by export.py")
     parser.add_argument("--widths", default=None, help="membrane widths to compare (default: the bundle's)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test samples")
@@ -632,7 +632,7 @@ def compare_bundle(argv):
     source = meta.get("source") or {}
     if "run_dir" not in source:
         raise UserError(f"{args.bundle}: the bundle does not name the run folder it was exported from")
-    from .integer_export import load_trial, width_report  # torch: only to compare with PyTorch
+    from qsnn.deploy.convert import load_trial, width_report  # torch: only to compare with PyTorch
 
     cfg, model, _ = load_trial(source["run_dir"], source.get("trial"))
     options = {"headroom_bits": meta["headroom_bits"], "beta_shift": meta["beta_shift"]}

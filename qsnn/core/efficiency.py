@@ -3,7 +3,7 @@
 The counts come from the spikes of the evaluation's own forward pass (`record=True`), so they
 cost no second pass over the test set. Operations are counted as the fast execution runs the
 network, with each 2x2 average pool folded into its convolution (a stride-2 conv with a 6x6
-kernel, `qsnn.models.fold_avg_pool`):
+kernel, `qsnn.core.models.fold_avg_pool`):
 
 - spike rate: spikes per neuron per time step, over the test set.
 - SynOps (spike-fed layers, i.e. conv2 and fc): every input spike costs one accumulate per
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
-from .runlog import EFFICIENCY_COLUMNS
-from .models import fold_avg_pool, qnn  # brevitas.nn, imported by models without its CPU warning
+from qsnn import distributed
+from qsnn.runs.runlog import EFFICIENCY_COLUMNS
+from qsnn.core.models import fold_avg_pool, qnn  # brevitas.nn, imported by models without its CPU warning
 
 COLUMNS = EFFICIENCY_COLUMNS
 POOL_STRIDE = 2  # the folded 2x2 average pool makes every conv stride 2

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .config import resolve_path
-from .distributed import shard, world_size
-from .errors import UserError, shorten
+from qsnn.paths import resolve_path
+from qsnn.distributed import shard, world_size
+from qsnn.errors import UserError, shorten
 
 IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -196,7 +196,7 @@ def load_datasets(cfg):
     if name == "digits":
         return load_digits_demo()
     if name == "dvs128_gesture":
-        from .dvs import load_dvs_gesture
+        from qsnn.data.dvs import load_dvs_gesture
 
         return load_dvs_gesture(resolve_path(cfg["data_dir"]), cfg["num_steps_train"], cfg["num_steps_test"])
     return load_image_dataset(name, cfg["data_dir"])
@@ -212,7 +212,7 @@ def as_tensors(dataset):
         return dataset.tensors
     if hasattr(dataset, "data") and hasattr(dataset, "targets"):  # torchvision MNIST-style
         return dataset.data.unsqueeze(1), torch.as_tensor(dataset.targets)
-    from .dvs import frames_as_tensors
+    from qsnn.data.dvs import frames_as_tensors
 
     return frames_as_tensors(dataset)
 

@@ -8,14 +8,14 @@ Two directions span the plane through a centre snapshot (the final one by defaul
 - random: filter-normalised Gaussian directions (Li et al. 2018): each output filter of a conv/linear
   weight rescaled to that filter's norm, BatchNorm's affine parameters left at zero. Not orthogonal:
   snapshots are projected by least squares.
-Every grid point gets its BatchNorm statistics recomputed (qsnn.landscape.Probe).
+Every grid point gets its BatchNorm statistics recomputed (qsnn.analysis.landscape.Probe).
 """
 import math
 
 import torch
 
-from .errors import UserError
-from .landscape import float_parameter_names
+from qsnn.errors import UserError
+from qsnn.analysis.landscape import float_parameter_names
 
 
 def flatten(state, names):

@@ -8,7 +8,7 @@ Every layer is `conv (no bias) -> 2x2 avg-pool -> BatchNorm (optional) -> LIF`, 
 - fast: the layers run one after the other over all time steps (SpikingJelly's multi-step
   mode). Weights are quantized once per forward, each 2x2 average pool is folded into its
   convolution (a stride-2 conv with a 6x6 kernel), a static input's first layer is computed
-  once, and the LIF recurrence runs in one autograd Function (`qsnn.neurons`).
+  once, and the LIF recurrence runs in one autograd Function (`qsnn.core.neurons`).
 
 With `state_bits`, both executions quantize every membrane after each update to the levels of
 snnTorch's `state_quant` (the reference through `snn.Leaky(state_quant=...)`).
@@ -26,8 +26,8 @@ from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
 from snntorch import surrogate
 from torch import nn
 
-from .errors import UserError
-from .neurons import lif_sequence, snntorch_state_quant, state_levels
+from qsnn.errors import UserError
+from qsnn.core.neurons import lif_sequence, snntorch_state_quant, state_levels
 
 # Layer sizes per input kind: channels of the two conv layers, input side, classes.
 ARCHITECTURES = {

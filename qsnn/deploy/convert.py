@@ -1,7 +1,7 @@
-"""From a trained PyTorch QSNN to an integer bundle (qsnn.deploy), and the check of one against the other.
+"""From a trained PyTorch QSNN to an integer bundle (qsnn.deploy.runtime), and the check of one against the other.
 
 Reads Brevitas' integer weight codes and the eval-mode BatchNorm of a run folder's checkpoint, builds the
-bundle that qsnn.deploy runs with NumPy alone, and compares both networks' outputs on the test set.
+bundle that qsnn.deploy.runtime runs with NumPy alone, and compares both networks' outputs on the test set.
 """
 import json
 import math
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .deploy import EVENT_COUNT_LIMIT, IMAGE_DATASETS, build_bundle, input_codes, predictions, run_bundle
-from .errors import UserError, shorten
-from .progress import progress
+from qsnn.deploy.runtime import EVENT_COUNT_LIMIT, IMAGE_DATASETS, build_bundle, input_codes, predictions, run_bundle
+from qsnn.errors import UserError, shorten
+from qsnn.progress import progress
 
 # ---------------------------------------------------------------- from a trained PyTorch model (needs torch)
 
@@ -115,7 +115,7 @@ def check_supported_config(cfg):
 
 def known_config_keys():
     """Every key the config schema declares (the settings this export understands)."""
-    from .schema import SCHEMA
+    from qsnn.runs.schema import SCHEMA
 
     return frozenset(SCHEMA)
 
@@ -136,7 +136,7 @@ def read_json(path, what):
 
 def best_trial(run_dir):
     """The trial with the best score in status.json (0 when there is no status)."""
-    from .runlog import read_status
+    from qsnn.runs.runlog import read_status
 
     path = Path(run_dir) / "status.json"
     scored = []
@@ -157,7 +157,7 @@ def trials_with_checkpoints(run_dir, exp):
 
 def run_config(run_dir):
     """(config, experiment name) of a run folder's config.json, refused in one line when unusable."""
-    from .config import CHOICES
+    from qsnn.runs.config import CHOICES
 
     path = run_dir / "config.json"
     record = read_json(path, "its config")
@@ -171,7 +171,7 @@ def run_config(run_dir):
     if exp is not None and (not isinstance(exp, str) or exp.startswith(".") or any(c in exp for c in "/\\\0")):
         raise UserError(f"{path}: exp_name {shorten(exp)} is not a plain name; repair config.json")
     if not exp:
-        from .runlog import experiment_name
+        from qsnn.runs.runlog import experiment_name
 
         try:
             exp = experiment_name(cfg)
@@ -216,8 +216,8 @@ def load_trial(run_dir, trial=None):
     cfg, exp = run_config(run_dir)
     check_supported_config(cfg)
     check_test_steps(cfg, run_dir / "config.json")
-    from . import runlog  # torch only from here on: the refusals above need none
-    from .models import build_model
+    from qsnn.runs import runlog  # torch only from here on: the refusals above need none
+    from qsnn.core.models import build_model
 
     trial = best_trial(run_dir) if trial is None else trial
     path = runlog.trial_files(run_dir, exp, trial)["best"]
@@ -249,7 +249,7 @@ def load_trial(run_dir, trial=None):
 
 def test_inputs(cfg, limit=None):
     """The test set of the config's dataset as float inputs (what the PyTorch model sees) and labels."""
-    from .data import as_tensors, load_datasets, to_float
+    from qsnn.data.images import as_tensors, load_datasets, to_float
 
     x, y = as_tensors(load_datasets(cfg)[1])
     if limit:
@@ -261,7 +261,7 @@ def pytorch_output_spikes(model, x, num_steps, batch_size):
     """Output spikes [T, N, classes] (int8) of the PyTorch model, eval mode, fast execution."""
     import torch
 
-    from .train import run_network
+    from qsnn.core.train import run_network
 
     model.eval()
     model.execution = "fast"
@@ -326,7 +326,7 @@ def format_table(rows, count):
 
 def width_report(model, cfg, widths, options, first=None, limit=None):
     """The table for several membrane widths; `first` (a Bundle) is used as is for its own width."""
-    from .train import test_steps
+    from qsnn.core.train import test_steps
 
     bundles = []
     for width in widths:

@@ -1,6 +1,6 @@
 """Command-line overrides, help and validation for the config dict of a run.py.
 
-Every key of the dict, and every key of qsnn/schema.py that applies to its dataset but that the dict
+Every key of the dict, and every key of qsnn/runs/schema.py that applies to its dataset but that the dict
 does not list (it takes the schema default), can be set as `--key value` or `--key=value`; the value
 has the key's schema type. `--help` prints each key with its default and the comment beside it in
 run.py, else the schema's help. Types, choices and ranges come from the schema.
@@ -12,11 +12,11 @@ import os
 import tokenize
 from pathlib import Path
 
-from .errors import UserError, cut, shorten
+from qsnn.errors import UserError, cut, shorten
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # qsnn's parent: the checkout, or site-packages when installed
+from qsnn.paths import resolve_path
 
-from .schema import CHOICES, EPOCHS_TWINS, NULLABLE, RESUMABLE_KEYS, SCHEMA, complete  # noqa: F401 (re-exported)
+from qsnn.runs.schema import CHOICES, EPOCHS_TWINS, NULLABLE, RESUMABLE_KEYS, SCHEMA, complete  # noqa: F401 (re-exported)
 
 FLAGS = {
     "--demo": "run the short offline demo preset (scikit-learn digits) instead of the full experiment",
@@ -192,22 +192,6 @@ def precision_name(num_bits):
     return "fp32" if num_bits is None else f"{num_bits}bit"
 
 
-def from_checkout():
-    """True if qsnn runs from a checkout (its parent holds pyproject.toml), False if installed (site-packages)."""
-    return (REPO_ROOT / "pyproject.toml").is_file()
-
-
-def path_base():
-    """The folder relative config paths start from: the repository root in a checkout, else the current folder."""
-    return REPO_ROOT if from_checkout() else Path.cwd()
-
-
-def resolve_path(path):
-    """A config path: absolute as given, relative ones against path_base()."""
-    path = Path(os.path.expanduser(path))
-    return path if path.is_absolute() else path_base() / path
-
-
 def validate(cfg, datasets=None):
     """Check every value before any data is touched; raise one UserError listing each problem on a line.
 
@@ -235,7 +219,7 @@ def validate(cfg, datasets=None):
         problems.append("--tensor_data False is not supported under torchrun; use --tensor_data True")
     if cfg.get("sync_batch_norm") and (cfg["device"] == "cpu" or not cuda_available()):
         problems.append("--sync_batch_norm True needs CUDA devices (PyTorch's SyncBatchNorm); use False on CPU")
-    from .snapshots import check_snapshot_config
+    from qsnn.runs.snapshots import check_snapshot_config
 
     snapshot_problem = check_snapshot_config(cfg) if "scheduler" in cfg else None
     if snapshot_problem:

@@ -29,7 +29,7 @@ COPIES = {"train": {"fast": 5, "reference": 10}, "eval": 3}
 
 def neurons_per_step(cfg):
     """Neurons of all layers for one sample and time step, and the input values per step."""
-    from .models import ARCHITECTURES
+    from qsnn.core.models import ARCHITECTURES
 
     arch = ARCHITECTURES["event" if cfg["dataset"] == "dvs128_gesture" else "image"]
     side, total = arch["input_size"], 0
@@ -66,7 +66,7 @@ def available_bytes(device):
 
 def check_memory(cfg, device):
     """Refuse, in one line and before any data is read, a run whose activations cannot fit in memory."""
-    from .errors import UserError
+    from qsnn.errors import UserError
 
     train, evaluation = activation_bytes(cfg)
     available = available_bytes(device)

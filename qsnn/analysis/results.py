@@ -2,7 +2,7 @@
 
 A run folder holds a config.json with the keys "dataset" and "config"; trial k logs to
 {acc,loss,lr,eff}_<exp>_t<k>.csv. A table row is an experiment: the config's identity keys
-(qsnn.schema.experiment_identity, world size included), so folders of one experiment pool their
+(qsnn.runs.schema.experiment_identity, world size included), so folders of one experiment pool their
 trials. A trial is (experiment, seed + k): the same trial found in two folders counts once, with a warning. Unreadable data is skipped with a ResultsWarning naming
 the file; UserError is raised only when nothing at all is usable.
 
@@ -32,16 +32,16 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 import pandas as pd
 
-from qsnn import schema
-from qsnn.cli import ArgumentParser  # noqa: F401 (the root scripts' parser, re-exported)
-from qsnn.config import precision_name
-from qsnn.runlog import EFFICIENCY_COLUMNS
+from qsnn.runs import schema
+from qsnn.runs.cli import ArgumentParser  # noqa: F401 (the root scripts' parser, re-exported)
+from qsnn.runs.config import precision_name
+from qsnn.runs.runlog import EFFICIENCY_COLUMNS
 from qsnn.errors import MESSAGE_VALUE_CHARS, UserError, shorten
 
 # Folders that never hold runs but can be huge (datasets, environments).
 SKIP_DIRS = frozenset({".git", "venv", ".venv", "site-packages", "data", "__pycache__", ".pytest_cache",
                        "node_modules"})
-# Each scheduler's own keys (qsnn/schema.py); another scheduler's keys do not change a run.
+# Each scheduler's own keys (qsnn/runs/schema.py); another scheduler's keys do not change a run.
 SCHEDULE_KEYS, ALL_SCHEDULE_KEYS = schema.SCHEDULE_KEYS, schema.ALL_SCHEDULE_KEYS
 EFF_COLUMNS = EFFICIENCY_COLUMNS[1:]  # after "epoch"
 # Required columns of each log (the first is its step), then optional ones.
@@ -251,7 +251,7 @@ def _trial_indices(folder: Path, name: str, config: dict, status: dict[int, dict
 def read_status(folder: Path) -> dict[int, dict]:
     """{trial: its status.json entry}; {} (with a warning if damaged) when there is none to read."""
     path = folder / "status.json"
-    try:  # written atomically by qsnn.runlog: whole or absent
+    try:  # written atomically by qsnn.runs.runlog: whole or absent
         trials = json.loads(path.read_text(encoding="utf-8"))["trials"]
         status = {int(k): v for k, v in trials.items()}
     except FileNotFoundError:
@@ -374,7 +374,7 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder; give the CSV file to write, e.g. {path / 'test_set_accuracy.csv'}")
-    from qsnn.runlog import atomic_path  # imports torch: only when writing
+    from qsnn.runs.runlog import atomic_path  # imports torch: only when writing
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from . import runlog, schema
-from .config import check_type, coerce, parse_args, run_py_defaults, type_text, validate, value_type
-from .errors import MESSAGE_VALUE_CHARS, UserError, shorten
+from qsnn.runs import runlog, schema
+from qsnn.runs.config import check_type, coerce, parse_args, run_py_defaults, type_text, validate, value_type
+from qsnn.errors import MESSAGE_VALUE_CHARS, UserError, shorten
 
 DATASETS = ("mnist", "fashion_mnist", "dvs128_gesture")
 # The keys the paper tuned; each range holds the published values of all three datasets.
@@ -27,7 +27,7 @@ DEFAULT_RANGES = {"lr": "1e-4:1e-2:log", "beta": "0.5:0.999", "threshold": "0.1:
                   "slope": "1:25:log", "dropout": "0:0.5"}
 # Keys tune.py sets for every trial itself (--set/--range on them would be silently lost), with what to use
 # instead; keys that change the batches (trials that agree on them share loaders); keys that change where or
-# how fast a run goes, not its result (left out of the --set reminder). All from qsnn/schema.py.
+# how fast a run goes, not its result (left out of the --set reminder). All from qsnn/runs/schema.py.
 RESERVED = schema.TUNE_SETS
 LOADER_KEYS = schema.LOADER_KEYS
 RUN_ONLY_KEYS = schema.RUN_ONLY_KEYS
@@ -343,9 +343,9 @@ def make_objective(base, space, device, received):
     import optuna
     import torch
 
-    from .data import make_loaders
-    from .experiment import Interrupted, prepare_run_folder
-    from .train import NonFiniteLoss, StopRequested, run_trial
+    from qsnn.data.images import make_loaders
+    from qsnn.runs.experiment import Interrupted, prepare_run_folder
+    from qsnn.core.train import NonFiniteLoss, StopRequested, run_trial
 
     cache = {}  # {loader keys: (loaders, generator)}: trials that agree on them share loaders
 
@@ -409,8 +409,8 @@ def optimize(study, trial_base, space, n_trials):
     """Run trials until the study holds n_trials COUNTED ones (Optuna's MaxTrialsCallback), or a signal."""
     import optuna
 
-    from .experiment import Interrupted, resolve_device, stop_on_signals
-    from .memory import keep_freed_memory
+    from qsnn.runs.experiment import Interrupted, resolve_device, stop_on_signals
+    from qsnn.runs.memory import keep_freed_memory
 
     counted = tuple(optuna.trial.TrialState[name] for name in COUNTED)
     with warnings.catch_warnings():
@@ -420,7 +420,7 @@ def optimize(study, trial_base, space, n_trials):
     if len(study.get_trials(deepcopy=False, states=counted)) >= n_trials:
         return
     device = resolve_device(trial_base["device"])
-    keep_freed_memory()  # as training does (see qsnn/memory.py)
+    keep_freed_memory()  # as training does (see qsnn/runs/memory.py)
     logger = logging.getLogger("optuna.study._optimize")
     with stop_on_signals() as received:
         def stop_on_signal(study, trial):

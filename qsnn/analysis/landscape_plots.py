@@ -1,4 +1,4 @@
-"""Figures of the landscape analysis (qsnn.landscape, qsnn.landscape_plane): PNG (200 dpi) and PDF, headless.
+"""Figures of the landscape analysis (qsnn.analysis.landscape, qsnn.analysis.landscape_plane): PNG (200 dpi) and PDF, headless.
 
 Figures are matplotlib Figure objects with the Agg canvas, never pyplot: no display, no global state.
 """
@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .errors import UserError
+from qsnn.errors import UserError
 
 DPI = 200
 KIND_MARKERS = {"start": ("s", "start"), "trough": ("v", "LR trough"), "peak": ("^", "LR peak"),
@@ -26,7 +26,7 @@ def new_figure(width, height, **grid):
 
 def save_figure(fig, out_dir, stem):
     """Write out_dir/stem.png and .pdf atomically; returns the paths."""
-    from .runlog import atomic_path
+    from qsnn.runs.runlog import atomic_path
 
     paths = [Path(out_dir) / f"{stem}.{ext}" for ext in ("png", "pdf")]
     try:

@@ -1,4 +1,4 @@
-"""Loss landscape between training snapshots (qsnn.snapshots): interpolation barriers, distances, code flips.
+"""Loss landscape between training snapshots (qsnn.runs.snapshots): interpolation barriers, distances, code flips.
 
 - Linear interpolation: latent float weights (every parameter: conv/linear weights and BatchNorm's affine
   weight and bias) w(alpha) = (1 - alpha) w_A + alpha w_B. The Brevitas layers quantize their latent
@@ -6,13 +6,13 @@
 - BatchNorm statistics are recomputed at every point (`recompute_batch_norm`): interpolated or stored
   running statistics do not belong to the interpolated weights, and a barrier measured with them is an
   artefact of BatchNorm, not of the loss surface.
-- Measured in eval mode: the logged training loss (mse_count_loss / time steps, qsnn.train.logged_loss)
+- Measured in eval mode: the logged training loss (mse_count_loss / time steps, qsnn.core.train.logged_loss)
   and accuracy on a fixed training subset, and the test accuracy.
 - Between snapshots: the normalised distance ||w_B - w_A|| / ||w_A|| over the conv/linear latent weights
   (BatchNorm's affine parameters left out: another scale), the same over the quantized weights, and the
   fraction of integer weight codes that changed (whether a QSNN moved at all).
 
-The 2-D plane around a snapshot is in qsnn.landscape_plane, the figures in qsnn.landscape_plots.
+The 2-D plane around a snapshot is in qsnn.analysis.landscape_plane, the figures in qsnn.analysis.landscape_plots.
 """
 import math
 from dataclasses import dataclass
@@ -22,12 +22,12 @@ import numpy as np
 import snntorch.functional as SF
 import torch
 
-from . import runlog
-from .data import as_tensors, load_datasets, to_float
-from .errors import UserError
-from .models import conv_over_time, effective_weight, fold_avg_pool
-from .snapshots import list_snapshots, load_snapshot, snapshot_folder
-from .train import logged_loss, test_steps, train_steps
+from qsnn.runs import runlog
+from qsnn.data.images import as_tensors, load_datasets, to_float
+from qsnn.errors import UserError
+from qsnn.core.models import conv_over_time, effective_weight, fold_avg_pool
+from qsnn.runs.snapshots import list_snapshots, load_snapshot, snapshot_folder
+from qsnn.core.train import logged_loss, test_steps, train_steps
 
 PAIR_SELECTORS = ("troughs", "peaks", "trough-peak", "consecutive", "epochs:E1,E2,...")
 SUBSET_SEED = 0  # the fixed training subset is the same for every run, so runs and seeds compare
@@ -191,7 +191,7 @@ def quantized_layers(model):
 @torch.no_grad()
 def quantized_weights(model, state, quantized):
     """{layer: (effective weight as float64 numpy, integer codes or None)} of a state, via the model's quantizer."""
-    from .integer_export import weight_codes
+    from qsnn.deploy.convert import weight_codes
 
     model.load_state_dict(state)
     out = {}
@@ -314,7 +314,7 @@ class Probe:
     """
 
     def __init__(self, cfg, device, train_images=2000, bn_images=None, test_images=None, data_dir=None):
-        from .models import build_model
+        from qsnn.core.models import build_model
 
         self.cfg = {**cfg, **({"data_dir": data_dir} if data_dir else {})}
         self.device = torch.device(device)

@@ -24,11 +24,12 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import REPO_ROOT, RESUMABLE_KEYS, from_checkout, precision_name, resolve_path
-from .schema import FOLDER_NAME_KEYS
-from .errors import UserError, shorten
+from qsnn.paths import REPO_ROOT, from_checkout, resolve_path
+from qsnn.runs.config import RESUMABLE_KEYS, precision_name
+from qsnn.runs.schema import FOLDER_NAME_KEYS
+from qsnn.errors import UserError, shorten
 
-# Columns of eff_<exp>_t<k>.csv (qsnn.efficiency writes them, qsnn.results reads them).
+# Columns of eff_<exp>_t<k>.csv (qsnn.core.efficiency writes them, qsnn.analysis.results reads them).
 EFFICIENCY_COLUMNS = ("epoch", "rate_conv1", "rate_conv2", "rate_fc", "synops", "synops_conv2", "synops_fc",
                       "input_macs", "weight_kib", "weight_kib_fp32")
 # mkstemp's names for atomic_path: "." + target name + "." + 8 random characters + target suffix.
@@ -210,7 +211,7 @@ def execution_context():
     """Threads and processes: CPU results are bit-identical across runs only at equal thread counts."""
     import torch
 
-    from . import distributed
+    from qsnn import distributed
 
     return {"world_size": distributed.world_size(),
             "threads": {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),

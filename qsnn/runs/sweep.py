@@ -16,7 +16,7 @@ before any of seed 1.
 
 Sharing. Every worker (sweep.py on one machine, or on several GPUs or machines with one --storage) works from
 one table, qsnn_sweep_cells, in the database of the Optuna RDB storage that tune.py uses (opened by
-qsnn.tuning.open_storage: SQLite by default, PostgreSQL across machines). A row per cell holds its state
+qsnn.runs.tuning.open_storage: SQLite by default, PostgreSQL across machines). A row per cell holds its state
 (pending, running, done, failed), the worker holding it, that worker's heartbeat and the run's outcome.
 
 Each cell is trained once:
@@ -56,10 +56,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import runlog
-from .config import parse_args, path_base, resolve_path, validate
-from .errors import UserError, shorten
-from .tuning import HEARTBEAT_S, open_storage
+from qsnn.runs import runlog
+from qsnn.paths import path_base, resolve_path
+from qsnn.runs.config import parse_args, validate
+from qsnn.errors import UserError, shorten
+from qsnn.runs.tuning import HEARTBEAT_S, open_storage
 
 GRACE_BEATS = 3  # as tune.py: a lease is stale after 3 missed heartbeats
 GRID_KEYS = ("run", "fixed", "axes", "name")
@@ -303,7 +304,7 @@ def default_storage(grid):
 # ---- run folders ---------------------------------------------------------------------------------------------
 
 def trial_done(status, cfg):
-    """qsnn.experiment.is_done without importing torch: failed, or finished and not extended by a larger epochs."""
+    """qsnn.runs.experiment.is_done without importing torch: failed, or finished and not extended by a larger epochs."""
     extendable = status.get("reason") == "max_epochs" and status.get("epochs_completed", 0) < cfg["epochs"]
     return status.get("state") == "failed" or (status.get("state") == "finished" and not extendable)
 

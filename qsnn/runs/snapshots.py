@@ -12,9 +12,9 @@ import math
 import re
 from pathlib import Path
 
-from . import runlog
-from .errors import UserError
-from .schedules import scheduled
+from qsnn.runs import runlog
+from qsnn.errors import UserError
+from qsnn.core.schedules import scheduled
 
 SNAPSHOT_MODES = ("off", "epoch", "extrema")
 SNAPSHOT_FILE = re.compile(r"^it(?P<iteration>\d{8})\.pt$")

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, runlog
-from .config import RESUMABLE_KEYS, check_type, check_writable, validate
-from .data import make_loaders
-from .errors import UserError, shorten
-from .schema import SCHEMA, complete
-from .memory import check_memory, keep_freed_memory
-from .train import NonFiniteLoss, StopRequested, run_trial
+from qsnn import distributed
+
+from qsnn.runs import runlog
+from qsnn.runs.config import RESUMABLE_KEYS, check_type, check_writable, validate
+from qsnn.data.images import make_loaders
+from qsnn.errors import UserError, shorten
+from qsnn.runs.schema import SCHEMA, complete
+from qsnn.runs.memory import check_memory, keep_freed_memory
+from qsnn.core.train import NonFiniteLoss, StopRequested, run_trial
 
 
 

@@ -1,6 +1,6 @@
 """The config schema, declared once: every key a run.py may hold, with its default, type, allowed values,
 help text and role. Everything that treats keys differently derives from it: command-line parsing and
---help (qsnn.config), the keys that may change on --resume, the results table's experiment identity,
+--help (qsnn.runs.config), the keys that may change on --resume, the results table's experiment identity,
 tune.py's key sets and the integer export's known keys.
 
 Each run.py keeps its own `config` dict with that dataset's values; a key it does not list takes the

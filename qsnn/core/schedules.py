@@ -11,8 +11,8 @@ import math
 import torch
 from torch.optim import lr_scheduler
 
-from .errors import UserError
-from .schema import EPOCHS_TWINS
+from qsnn.errors import UserError
+from qsnn.runs.schema import EPOCHS_TWINS
 
 
 def epochs_to_iterations(key, epochs, iterations_per_epoch):

@@ -3,8 +3,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import format_help, parse_args, read_key_comments, run_py_defaults, validate
-from .errors import UserError, cut
+from qsnn.runs.config import format_help, parse_args, read_key_comments, run_py_defaults, validate
+from qsnn.errors import UserError, cut
 
 
 def main(config, demo=None, argv=None):
@@ -17,7 +17,7 @@ def main(config, demo=None, argv=None):
             print(format_help(run_py_defaults(config, demo), read_key_comments(source), _display_path(source)))
             return 0
         validate(cfg, datasets=tuple(dict.fromkeys([config["dataset"], *([demo["dataset"]] if demo else [])])))
-        from .experiment import run_experiment  # heavy imports only once the config is known to be good
+        from qsnn.runs.experiment import run_experiment  # heavy imports only once the config is known to be good
 
         run_experiment(cfg, resume=flags["resume"], overwrite=flags["overwrite"])
     except UserError as e:

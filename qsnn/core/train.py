@@ -1,6 +1,6 @@
 """Training: one epoch, a test pass, and a trial with early stopping, checkpoints and logs.
 
-`run_experiment` (in qsnn.experiment) runs the trials of a config; this module holds the loop.
+`run_experiment` (in qsnn.runs.experiment) runs the trials of a config; this module holds the loop.
 """
 import math
 import random
@@ -13,12 +13,14 @@ import numpy as np
 import snntorch.functional as SF
 import torch
 
-from . import distributed, progress, runlog
-from .efficiency import EfficiencyMeter
-from .errors import UserError
-from .models import build_model
-from .schedules import build_optimizer, build_scheduler
-from .snapshots import SnapshotSaver
+from qsnn import distributed, progress
+
+from qsnn.runs import runlog
+from qsnn.core.efficiency import EfficiencyMeter
+from qsnn.errors import UserError
+from qsnn.core.models import build_model
+from qsnn.core.schedules import build_optimizer, build_scheduler
+from qsnn.runs.snapshots import SnapshotSaver
 
 
 CHECK_EVERY = 20  # iterations between checks for NaN/inf and for a stop request shared by all ranks

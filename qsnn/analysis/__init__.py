@@ -1,0 +1,1 @@
+"""Analysis of finished runs: the results table and the loss landscape."""

@@ -1,0 +1,1 @@
+"""The research core: neurons, the QSNN model (two executions), LR schedules, the training loop, efficiency."""
