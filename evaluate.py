@@ -27,7 +27,6 @@ MODEL_KEYS = ("dataset", "num_bits", "beta", "threshold", "slope", "dropout", "b
 RUN_KEYS = ("execution", "time_chunk", "data_dir", "test_batch_size", "tensor_data", "num_workers")
 OVERRIDABLE = ("data_dir", "execution", "test_batch_size")  # keys the command line can supply
 OPTIONAL_KEYS = ("state_bits",)  # older checkpoints predate it; build_model reads None then
-RUN_PY_OF = {"mnist": "mnist", "digits": "mnist", "fashion_mnist": "fashion_mnist", "dvs128_gesture": "dvs128_gesture"}
 PLAIN_TYPES = (type(None), bool, int, float, str)  # what training writes into a checkpoint's config
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d{1,4})?")
 
@@ -117,15 +116,15 @@ def check_folder(path, checkpoint):
 
 def run_py_defaults(path, cfg):
     """The config of the checkpoint's dataset's run.py: the reference for its keys and their types."""
+    from qsnn.data import registry
     from qsnn.paths import REPO_ROOT
-    from qsnn.runs.config import CHOICES
 
     if "dataset" not in cfg:
         raise UserError(f"{path}: its config lacks dataset, so the network it holds is unknown; {REMEDY}")
-    if cfg["dataset"] not in RUN_PY_OF:
+    if cfg["dataset"] not in registry.NAMES:
         raise UserError(f"{path}: its config's dataset {shorten(cfg['dataset'])} is not one of "
-                        f"{', '.join(CHOICES['dataset'])}; {REMEDY}")
-    return runpy.run_path(str(REPO_ROOT / RUN_PY_OF[cfg["dataset"]] / "run.py"))["config"]
+                        f"{', '.join(registry.NAMES)}; {REMEDY}")
+    return runpy.run_path(str(REPO_ROOT / registry.get(cfg["dataset"]).run_py / "run.py"))["config"]
 
 
 def evaluation_view(path, cfg, defaults):
@@ -222,12 +221,12 @@ def evaluate_checkpoint(path, args):
     """(config, accuracy in percent, efficiency figures as in an eff CSV) of a checkpoint on its test set."""
     import torch
 
-    from qsnn.data.images import make_loaders
+    from qsnn.data.loaders import make_loaders
     from qsnn.core.efficiency import COLUMNS, EfficiencyMeter
     from qsnn.runs.experiment import resolve_device
     from qsnn.core.models import build_model
     from qsnn.progress import progress
-    from qsnn.core.train import evaluate, test_steps
+    from qsnn.core.loop import evaluate, test_steps
 
     check_device_arg(args.device)
     check_overrides(args)

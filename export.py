@@ -87,7 +87,7 @@ def check_writable(folder, what, remedy):
 
 def export(args):
     """Write the bundle; returns (bundle, model, config)."""
-    from qsnn.core.train import test_steps
+    from qsnn.core.loop import test_steps
 
     cfg, model, source = integer_export.load_trial(args.run_dir, args.trial)
     extra = {"source": source, "num_steps": test_steps(cfg),

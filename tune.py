@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
+from qsnn.data import registry  # noqa: E402
 from qsnn.paths import REPO_ROOT, resolve_path  # noqa: E402
 from qsnn.runs.config import validate  # noqa: E402
 from qsnn.runs.cli import ArgumentParser  # noqa: E402
 from qsnn.errors import UserError, shorten  # noqa: E402
-from qsnn.runs.tuning import (DATASETS, DEFAULT_RANGES, KEPT, base_config, check_out_file,  # noqa: E402
+from qsnn.runs.tuning import (DEFAULT_RANGES, KEPT, base_config, check_out_file,  # noqa: E402
                          check_ranges, get_study, open_storage, optimize, range_text, report, search_space,
                          storage_errors)
 
@@ -47,7 +48,7 @@ def build_parser():
     """The tune.py command line."""
     p = ArgumentParser(prog="tune.py", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, description=
                 "Search a run.py config's QSNN hyperparameters with Optuna, scored on a validation split.")
-    p.add_argument("dataset", metavar="DATASET", help=f"whose run.py config to tune: {' | '.join(DATASETS)}")
+    p.add_argument("dataset", metavar="DATASET", help=f"whose run.py config to tune: {' | '.join(registry.own_run_py())}")
     p.add_argument("--demo", action="store_true", help="tune mnist's offline demo preset (scikit-learn digits)")
     p.add_argument("--n-trials", type=number(int), default=50, metavar="N",
                    help="stop once the study holds N complete + pruned trials, counting earlier runs and other "
@@ -78,8 +79,8 @@ def build_parser():
 
 def check_args(args):
     """Raise UserError for values argparse cannot check by type alone."""
-    if args.dataset not in DATASETS:
-        raise UserError(f"unknown dataset {shorten(args.dataset)}; choose one of {', '.join(DATASETS)}")
+    if args.dataset not in registry.own_run_py():
+        raise UserError(f"unknown dataset {shorten(args.dataset)}; choose one of {', '.join(registry.own_run_py())}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("run tune.py without torchrun: each rank would start its own trials; "
                         "start one tune.py per GPU (CUDA_VISIBLE_DEVICES) with a shared --storage instead")

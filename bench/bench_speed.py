@@ -34,14 +34,14 @@ from torch.utils.benchmark import Measurement  # noqa: E402
 from torch.utils.benchmark.utils.common import TaskSpec  # noqa: E402
 from torch.utils.benchmark.utils.timer import timer as synced_clock  # noqa: E402  (waits for CUDA)
 
-from qsnn.data.images import TensorBatches  # noqa: E402
+from qsnn.data.loaders import TensorBatches  # noqa: E402
 from qsnn.core.equivalence import compare_executions  # noqa: E402
 from qsnn.runs.memory import keep_freed_memory  # noqa: E402
 from qsnn.core.models import ARCHITECTURES, QSNN  # noqa: E402
-from qsnn.core.train import clamp_weights, run_network, train_epoch  # noqa: E402
+from qsnn.core.loop import clamp_weights, run_network, train_epoch  # noqa: E402
 
 # The paper's settings (mnist/run.py, dvs128_gesture/run.py). Inputs are [B, ...] as the loaders
-# give them; qsnn.core.train.run_network turns an event batch [B, T, ...] time-first, as training does.
+# give them; qsnn.core.loop.run_network turns an event batch [B, T, ...] time-first, as training does.
 CONFIGS = {
     "mnist": dict(kind="image", batch=128, steps=100, lr=5.4e-3, grad_clip=None, weight_clip=None,
                   model=dict(num_bits=4, beta=0.994, threshold=2.915, slope=13.84, dropout=0.003168,
@@ -128,7 +128,7 @@ class Runner:
 
 
 def train_iteration(path, x, y, steps):
-    """What qsnn.core.train.train_epoch does per batch (without the LR scheduler and logging)."""
+    """What qsnn.core.loop.train_epoch does per batch (without the LR scheduler and logging)."""
     with record_function("bench.forward+loss"):
         loss = LOSS(run_network(path.model, x, steps), y)
     path.optimizer.zero_grad(set_to_none=True)
@@ -225,7 +225,7 @@ def profile_fast(name, base, cfg, x, y, steps, device, time_chunk, iters):
 
 
 def full_epoch(base, cfg, steps, device, execution, time_chunk):
-    """One MNIST epoch through qsnn.core.train.train_epoch on random uint8 images held on the device."""
+    """One MNIST epoch through qsnn.core.loop.train_epoch on random uint8 images held on the device."""
     generator = torch.Generator().manual_seed(SEED)
     images = torch.randint(0, 256, (EPOCH_SAMPLES, 1, 28, 28), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (EPOCH_SAMPLES,), generator=generator)
@@ -406,7 +406,7 @@ def print_report(header, report, meter, args):
         print_agreement(report, args)
     if report["epochs"]:
         print(f"\nFull MNIST epoch ({EPOCH_SAMPLES:,} random uint8 images on the device, batch 128, "
-              "qsnn.data.images.TensorBatches + qsnn.core.train.train_epoch, data loading included):\n")
+              "qsnn.data.loaders.TensorBatches + qsnn.core.loop.train_epoch, data loading included):\n")
         print_table(["path", "steps:", "iterations:", "seconds:", "it/s:", meter.label + ":"],
                     [[e["path"], e["steps"], e["iterations"], f"{e['seconds']:.1f}",
                       f"{e['iterations'] / e['seconds']:.2f}", e["memory"]] for e in report["epochs"]])

@@ -6,7 +6,8 @@ from torch.utils.data import DataLoader
 from torchvision_fixture import write_idx, write_mnist_fixture
 
 from qsnn.data import images as data
-from qsnn.data.images import RAW_FILES, TensorBatches, as_tensors, load_digits_demo, load_image_dataset, make_loaders, to_float
+from qsnn.data.images import RAW_FILES, load_digits_demo, load_image_dataset
+from qsnn.data.loaders import TensorBatches, as_tensors, make_loaders, to_float
 from qsnn.errors import UserError
 
 

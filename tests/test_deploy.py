@@ -18,7 +18,12 @@ import torch
 
 import export
 from qsnn.deploy import runtime as deploy, convert as integer_export
-from qsnn.core.models import ARCHITECTURES, QSNN, build_model, fold_avg_pool
+from qsnn.core.models import QSNN, architecture, build_model, fold_avg_pool
+
+from qsnn.data import registry  # noqa: E402
+
+# The two input kinds' networks, as build_model makes them for MNIST and DVS128 Gesture.
+ARCHITECTURES = {"image": architecture(registry.get("mnist")), "event": architecture(registry.get("dvs128_gesture"))}
 
 ROOT = Path(__file__).resolve().parents[1]
 

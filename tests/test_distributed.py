@@ -43,9 +43,9 @@ def test_two_processes_with_batch_norm_dropout_short_batches_and_resume(mnist_di
 
     import torch
 
-    from qsnn.data.images import make_loaders
+    from qsnn.data.loaders import make_loaders
     from qsnn.core.models import build_model
-    from qsnn.core.train import evaluate
+    from qsnn.core.loop import evaluate
 
     overrides = dict(data_dir=mnist_dir, num_steps=6, batch_size=39, test_batch_size=50, epochs=1,
                      patience=10, num_trials=1, t_max=12, lr=1e-2, device="cpu", dropout=0.3,

@@ -9,7 +9,7 @@ from qsnn.runs import runlog
 from qsnn.core.efficiency import COLUMNS, EfficiencyMeter, conv_fan_out, weight_memory_kib
 from qsnn.runs.experiment import run_experiment
 from qsnn.core.models import QSNN, fold_avg_pool
-from qsnn.core.train import evaluate
+from qsnn.core.loop import evaluate
 
 # kernel 3 -> folded 4x4 taps at stride 2: 16x16 input -> 2x7x7 -> 3x2x2 -> 4 classes
 TINY = dict(in_channels=1, channels=(2, 3), input_size=16, num_classes=4, kernel_size=3)

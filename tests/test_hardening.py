@@ -9,7 +9,8 @@ import torch
 
 from conftest import ROOT
 from qsnn.runs import runlog
-from qsnn.core import train
+from qsnn.core import loop
+from qsnn.runs import trial
 from qsnn.runs.cli import main
 from qsnn.runs.config import parse_args, validate
 from qsnn.errors import UserError
@@ -205,7 +206,7 @@ def test_a_second_ctrl_c_mid_epoch_leaves_status_interrupted(tiny_config, monkey
     def abort(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "check_health", abort)
+    monkeypatch.setattr(loop, "check_health", abort)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(tiny_config)
     assert runlog.read_status(runlog.run_folder(tiny_config))["0"]["state"] == "interrupted"
@@ -214,7 +215,7 @@ def test_a_second_ctrl_c_mid_epoch_leaves_status_interrupted(tiny_config, monkey
 def test_resume_reads_every_checkpoint_on_the_cpu(tiny_config, monkeypatch):
     run_experiment(quick(tiny_config))
     runlog.update_status(runlog.run_folder(tiny_config), 0, state="interrupted")
-    real_load, real_set, seen = torch.load, train.set_rng_states, []
+    real_load, real_set, seen = torch.load, trial.set_rng_states, []
 
     def load(*args, **kwargs):
         seen.append((kwargs.get("map_location"), kwargs.get("weights_only")))
@@ -226,7 +227,7 @@ def test_resume_reads_every_checkpoint_on_the_cpu(tiny_config, monkeypatch):
         real_set(states, generator)
 
     monkeypatch.setattr(torch, "load", load)
-    monkeypatch.setattr(train, "set_rng_states", set_states)
+    monkeypatch.setattr(trial, "set_rng_states", set_states)
     run_experiment(quick(tiny_config, epochs=2), resume=True)
     assert seen and all(entry == ("cpu", True) for entry in seen)
 

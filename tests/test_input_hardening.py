@@ -327,8 +327,8 @@ def tune_argv(root, study, *extra):
 @pytest.fixture
 def no_training(monkeypatch):
     """Any trial or data loading fails the test: every check here must come before them."""
-    monkeypatch.setattr("qsnn.core.train.run_trial", lambda *a, **k: pytest.fail("a trial ran"))
-    monkeypatch.setattr("qsnn.data.images.make_loaders", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr("qsnn.runs.trial.run_trial", lambda *a, **k: pytest.fail("a trial ran"))
+    monkeypatch.setattr("qsnn.data.loaders.make_loaders", lambda *a, **k: pytest.fail("data was loaded"))
 
 
 def tune_fails(capsys, argv):
@@ -446,8 +446,8 @@ def test_sqlite_uri_filenames_are_read_as_paths(tmp_path, capsys, no_training, m
 def test_a_sqlite_uri_for_a_search_creates_the_file_it_names(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    monkeypatch.setattr("qsnn.data.images.make_loaders", lambda *a, **k: {})
-    monkeypatch.setattr("qsnn.core.train.run_trial", lambda cfg, k, *a, on_epoch, **kw: on_epoch(1, 40.0) or
+    monkeypatch.setattr("qsnn.data.loaders.make_loaders", lambda *a, **k: {})
+    monkeypatch.setattr("qsnn.runs.trial.run_trial", lambda cfg, k, *a, on_epoch, **kw: on_epoch(1, 40.0) or
                         SimpleNamespace(best_score=40.0, best_epoch=1))
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///file:{tmp_path / 'sub' / 'made.db'}?uri=true"

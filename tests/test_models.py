@@ -23,8 +23,13 @@ from snntorch import surrogate
 
 from qsnn.core.equivalence import compare_executions
 from qsnn.errors import UserError
-from qsnn.core.models import ARCHITECTURES, QSNN, build_model, effective_weight, fold_avg_pool
+from qsnn.core.models import QSNN, architecture, build_model, effective_weight, fold_avg_pool
 from qsnn.core.neurons import lif_sequence, nearest_level, snntorch_state_quant, state_levels
+
+from qsnn.data import registry  # noqa: E402
+
+# The two input kinds' networks, as build_model makes them for MNIST and DVS128 Gesture.
+ARCHITECTURES = {"image": architecture(registry.get("mnist")), "event": architecture(registry.get("dvs128_gesture"))}
 
 NEURON = dict(beta=0.75, threshold=1.0, slope=5.0)
 DYADIC_THRESHOLD = 1275 / 1024  # every state_quant level a multiple of 2^-10 at 1, 2, 4 and 8 bits

@@ -67,7 +67,7 @@ def test_dependencies_are_those_of_requirements_txt(installed):
 def test_installed_package_imports_outside_the_checkout(installed, tmp_path):
     target, _ = installed
     # -I ignores PYTHONPATH and the current folder; sys.path gets the target in front of site-packages.
-    code = (f"import sys; sys.path.insert(0, {str(target)!r}); import qsnn, qsnn.core.models, qsnn.core.train; "
+    code = (f"import sys; sys.path.insert(0, {str(target)!r}); import qsnn, qsnn.core.models, qsnn.core.loop; "
             "print(qsnn.__file__)")
     result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path,
                             check=True)

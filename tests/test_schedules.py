@@ -14,13 +14,13 @@ from torch.utils.data import TensorDataset
 from qsnn.runs import runlog, schema
 from qsnn.runs.cli import main
 from qsnn.runs.config import parse_args
-from qsnn.data.images import TensorBatches, as_tensors, make_loaders, split_validation
+from qsnn.data.loaders import TensorBatches, as_tensors, make_loaders, split_validation
 from qsnn.errors import UserError
 from qsnn.runs.experiment import run_experiment
 from qsnn.core.schedules import build_optimizer, build_scheduler, resolve_schedule
 from qsnn.runs.schema import complete
 from qsnn.runs.snapshots import lr_extremum
-from qsnn.core.train import build_training
+from qsnn.core.loop import build_training
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -85,7 +85,7 @@ def test_each_trial_logs_validation_accuracy_in_its_run_folder(demo_study):
 
 def test_best_only_reads_the_study(demo_study, monkeypatch, capsys):
     root, _ = demo_study
-    monkeypatch.setattr("qsnn.core.train.run_trial", lambda *a, **k: pytest.fail("--best must not train"))
+    monkeypatch.setattr("qsnn.runs.trial.run_trial", lambda *a, **k: pytest.fail("--best must not train"))
     before = load(root, "demo")
     out = root / "again.json"
     assert tune.main(tune_argv(root, "demo", "--best", "--out", str(out))) == 0
@@ -115,11 +115,11 @@ def test_two_workers_share_one_study(tmp_path):
 
 
 def fake_trainer(score_of, interrupt_trial=None):
-    """A stand-in for qsnn.core.train.run_trial: reports score_of(trial number) each epoch, no training.
+    """A stand-in for qsnn.runs.trial.run_trial: reports score_of(trial number) each epoch, no training.
 
     On interrupt_trial it sends itself SIGINT and stops the way run_trial does once should_stop is set.
     """
-    from qsnn.core.train import StopRequested
+    from qsnn.core.loop import StopRequested
 
     def run_trial(cfg, k, loaders, generator, run_dir, device, should_stop, resume=False, on_epoch=None):
         number = int(cfg["exp_name"].split("_")[1])
@@ -141,11 +141,11 @@ def fake_trainer(score_of, interrupt_trial=None):
 @pytest.fixture
 def no_data(monkeypatch):
     """Skip loading digits for tests whose trainer is a stand-in."""
-    monkeypatch.setattr("qsnn.data.images.make_loaders", lambda cfg, device, generator: {})
+    monkeypatch.setattr("qsnn.data.loaders.make_loaders", lambda cfg, device, generator: {})
 
 
 def test_poor_trials_are_pruned_and_count_towards_n_trials(tmp_path, monkeypatch, no_data, capsys):
-    monkeypatch.setattr("qsnn.core.train.run_trial", fake_trainer(lambda n: 80.0 if n < 2 else 10.0))
+    monkeypatch.setattr("qsnn.runs.trial.run_trial", fake_trainer(lambda n: 80.0 if n < 2 else 10.0))
     argv = tune_argv(tmp_path, "prune", "--n-trials", "4", "--epochs", "3", "--prune-startup", "2")
     assert tune.main(argv) == 0
     assert states(load(tmp_path, "prune")) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
@@ -156,13 +156,13 @@ def test_poor_trials_are_pruned_and_count_towards_n_trials(tmp_path, monkeypatch
 
 def test_ctrl_c_fails_the_running_trial_and_a_rerun_continues(tmp_path, monkeypatch, no_data, capsys):
     argv = tune_argv(tmp_path, "stop", "--n-trials", "3", "--epochs", "1")
-    monkeypatch.setattr("qsnn.core.train.run_trial", fake_trainer(lambda n: 50.0 + n, interrupt_trial=1))
+    monkeypatch.setattr("qsnn.runs.trial.run_trial", fake_trainer(lambda n: 50.0 + n, interrupt_trial=1))
     handler = signal.getsignal(signal.SIGINT)
     assert tune.main(argv) == 130
     assert states(load(tmp_path, "stop")) == ["COMPLETE", "FAIL"]
     assert "Rerun the same command" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler  # the Ctrl-C handler is restored
-    monkeypatch.setattr("qsnn.core.train.run_trial", fake_trainer(lambda n: 50.0 + n))
+    monkeypatch.setattr("qsnn.runs.trial.run_trial", fake_trainer(lambda n: 50.0 + n))
     assert tune.main(argv) == 0
     assert states(load(tmp_path, "stop")) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert tune.main(argv) == 0  # already 3 finished: nothing more runs
@@ -178,7 +178,7 @@ def test_a_hard_killed_workers_trial_stops_counting(tmp_path, monkeypatch, no_da
         abandoned = optuna.create_study(study_name="killed", storage=storage, direction="maximize").ask()
     storage.record_heartbeat(abandoned._trial_id)  # then its worker dies: no more heartbeats
     time.sleep(4.2)  # > 3 s even where the database keeps whole seconds (SQLite)
-    monkeypatch.setattr("qsnn.core.train.run_trial", fake_trainer(lambda n: 50.0))
+    monkeypatch.setattr("qsnn.runs.trial.run_trial", fake_trainer(lambda n: 50.0))
     assert tune.main(tune_argv(tmp_path, "killed", "--n-trials", "1", "--epochs", "1")) == 0
     assert states(load(tmp_path, "killed")) == ["FAIL", "COMPLETE"]
 

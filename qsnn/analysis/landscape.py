@@ -6,7 +6,7 @@
 - BatchNorm statistics are recomputed at every point (`recompute_batch_norm`): interpolated or stored
   running statistics do not belong to the interpolated weights, and a barrier measured with them is an
   artefact of BatchNorm, not of the loss surface.
-- Measured in eval mode: the logged training loss (mse_count_loss / time steps, qsnn.core.train.logged_loss)
+- Measured in eval mode: the logged training loss (mse_count_loss / time steps, qsnn.core.loop.logged_loss)
   and accuracy on a fixed training subset, and the test accuracy.
 - Between snapshots: the normalised distance ||w_B - w_A|| / ||w_A|| over the conv/linear latent weights
   (BatchNorm's affine parameters left out: another scale), the same over the quantized weights, and the
@@ -23,11 +23,11 @@ import snntorch.functional as SF
 import torch
 
 from qsnn.runs import runlog
-from qsnn.data.images import as_tensors, load_datasets, to_float
+from qsnn.data.loaders import as_tensors, load_datasets, to_float
 from qsnn.errors import UserError
 from qsnn.core.models import conv_over_time, effective_weight, fold_avg_pool
 from qsnn.runs.snapshots import list_snapshots, load_snapshot, snapshot_folder
-from qsnn.core.train import logged_loss, test_steps, train_steps
+from qsnn.core.loop import logged_loss, test_steps, train_steps
 
 PAIR_SELECTORS = ("troughs", "peaks", "trough-peak", "consecutive", "epochs:E1,E2,...")
 SUBSET_SEED = 0  # the fixed training subset is the same for every run, so runs and seeds compare

@@ -29,13 +29,6 @@ from torch import nn
 from qsnn.errors import UserError
 from qsnn.core.neurons import lif_sequence, snntorch_state_quant, state_levels
 
-# Layer sizes per input kind: channels of the two conv layers, input side, classes.
-ARCHITECTURES = {
-    "image": dict(in_channels=1, channels=(16, 64), input_size=28, num_classes=10),
-    "event": dict(in_channels=2, channels=(16, 32), input_size=32, num_classes=11),
-}
-
-
 def quant_layer(kind, *args, num_bits):
     """A bias-free Conv2d/Linear: plain float when num_bits is None, else Brevitas-quantized weights."""
     plain, quant = {"conv": (nn.Conv2d, qnn.QuantConv2d), "linear": (nn.Linear, qnn.QuantLinear)}[kind]
@@ -246,10 +239,20 @@ class QSNN(nn.Module):
         return problems
 
 
+def architecture(dataset):
+    """QSNN's size arguments for a registry entry: input channels and side, conv channels, classes."""
+    channels, height, width = dataset.shape
+    if height != width:
+        raise UserError(f"dataset {dataset.name}: the network takes square inputs, not {height}x{width}")
+    return dict(in_channels=channels, channels=tuple(dataset.channels), input_size=height,
+                num_classes=dataset.num_classes)
+
+
 def build_model(cfg):
-    """The network that a config dict describes."""
-    kind = "event" if cfg["dataset"] == "dvs128_gesture" else "image"
-    return QSNN(**ARCHITECTURES[kind], num_bits=cfg["num_bits"], beta=cfg["beta"],
+    """The network that a config dict describes, its input and output sizes from the dataset registry."""
+    from qsnn.data import registry  # the data layer sits above the core: asked only when a config names a dataset
+
+    return QSNN(**architecture(registry.get(cfg["dataset"])), num_bits=cfg["num_bits"], beta=cfg["beta"],
                 threshold=cfg["threshold"], slope=cfg["slope"], dropout=cfg["dropout"],
                 batch_norm=cfg["batch_norm"], execution=cfg["execution"],
                 time_chunk=cfg["time_chunk"], state_bits=cfg.get("state_bits"))

@@ -12,7 +12,14 @@ import torch
 from torch.optim import lr_scheduler
 
 from qsnn.errors import UserError
-from qsnn.runs.schema import EPOCHS_TWINS
+
+# The schedules' periods counted in iterations: key -> (its scheduler, what it times). Each has an epochs
+# twin `<key>_epochs` (declared in the schema from this table) that states it in epochs and overrides it.
+PERIODS = {"t_max": ("cosine", "the fall from lr to eta_min"),
+           "t_0": ("cosine_restarts", "the first period"),
+           "step_size_up": ("cyclic", "the rise from base_lr to lr"),
+           "step_size": ("step", "the time between lr decays")}
+EPOCHS_TWINS = {key: f"{key}_epochs" for key in PERIODS}  # iteration key -> its epochs twin
 
 
 def epochs_to_iterations(key, epochs, iterations_per_epoch):

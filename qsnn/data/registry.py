@@ -62,6 +62,11 @@ def unregister(name):
     _REGISTRY.pop(name, None)
 
 
+def own_run_py():
+    """Names of the datasets whose run.py is their own folder (what tune.py can tune), in registry order."""
+    return tuple(name for name, dataset in _REGISTRY.items() if dataset.run_py == name)
+
+
 def get(name):
     """The entry of a dataset name; an unknown name is one UserError listing the known ones."""
     try:

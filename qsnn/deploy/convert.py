@@ -10,15 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from qsnn.deploy.runtime import EVENT_COUNT_LIMIT, IMAGE_DATASETS, build_bundle, input_codes, predictions, run_bundle
+from qsnn.data import registry
+from qsnn.deploy.runtime import EVENT_COUNT_LIMIT, build_bundle, input_codes, predictions, run_bundle
 from qsnn.errors import UserError, shorten
 from qsnn.progress import progress
 
 # ---------------------------------------------------------------- from a trained PyTorch model (needs torch)
 
 def input_info_for(dataset):
-    """How real inputs become integer codes: 8-bit pixel codes for images, raw event counts for DVS."""
-    if dataset in IMAGE_DATASETS:
+    """How real inputs become integer codes, as the dataset's registry entry says (pixel codes or event counts)."""
+    if registry.get(dataset).deploy_input == "pixel_codes":
         return {"kind": "pixel_codes", "scale": 1.0 / 255.0, "max_code": 255}
     return {"kind": "event_counts", "scale": 1.0, "max_code": None}
 
@@ -249,7 +250,7 @@ def load_trial(run_dir, trial=None):
 
 def test_inputs(cfg, limit=None):
     """The test set of the config's dataset as float inputs (what the PyTorch model sees) and labels."""
-    from qsnn.data.images import as_tensors, load_datasets, to_float
+    from qsnn.data.loaders import as_tensors, load_datasets, to_float
 
     x, y = as_tensors(load_datasets(cfg)[1])
     if limit:
@@ -261,7 +262,7 @@ def pytorch_output_spikes(model, x, num_steps, batch_size):
     """Output spikes [T, N, classes] (int8) of the PyTorch model, eval mode, fast execution."""
     import torch
 
-    from qsnn.core.train import run_network
+    from qsnn.core.loop import run_network
 
     model.eval()
     model.execution = "fast"
@@ -326,7 +327,7 @@ def format_table(rows, count):
 
 def width_report(model, cfg, widths, options, first=None, limit=None):
     """The table for several membrane widths; `first` (a Bundle) is used as is for its own width."""
-    from qsnn.core.train import test_steps
+    from qsnn.core.loop import test_steps
 
     bundles = []
     for width in widths:

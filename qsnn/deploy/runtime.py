@@ -31,7 +31,6 @@ from qsnn.errors import UserError, shorten
 
 FORMAT = "qsnn-integer-bundle"
 VERSION = 1
-IMAGE_DATASETS = ("mnist", "fashion_mnist", "digits")
 SHIFT_LIMITS = (-40, 30)  # F beyond these only shifts every current to zero or to saturation
 INT64_BUDGET = 2 ** 62  # every intermediate of the recurrence stays below this in magnitude
 EVENT_COUNT_LIMIT = 2 ** 15 - 1  # the largest event count per pixel and step the int64 budget is sized for

@@ -11,11 +11,12 @@ from qsnn import distributed
 
 from qsnn.runs import runlog
 from qsnn.runs.config import RESUMABLE_KEYS, check_type, check_writable, validate
-from qsnn.data.images import make_loaders
+from qsnn.data.loaders import make_loaders
 from qsnn.errors import UserError, shorten
 from qsnn.runs.schema import SCHEMA, complete
 from qsnn.runs.memory import check_memory, keep_freed_memory
-from qsnn.core.train import NonFiniteLoss, StopRequested, run_trial
+from qsnn.core.loop import NonFiniteLoss, StopRequested
+from qsnn.runs.trial import run_trial
 
 
 

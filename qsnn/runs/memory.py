@@ -29,9 +29,10 @@ COPIES = {"train": {"fast": 5, "reference": 10}, "eval": 3}
 
 def neurons_per_step(cfg):
     """Neurons of all layers for one sample and time step, and the input values per step."""
-    from qsnn.core.models import ARCHITECTURES
+    from qsnn.core.models import architecture
+    from qsnn.data import registry
 
-    arch = ARCHITECTURES["event" if cfg["dataset"] == "dvs128_gesture" else "image"]
+    arch = architecture(registry.get(cfg["dataset"]))
     side, total = arch["input_size"], 0
     for channels in arch["channels"]:
         side = (side - 5 + 1) // 2  # 5x5 conv, then 2x2 pooling
@@ -44,7 +45,10 @@ def activation_bytes(cfg):
     neurons, inputs = neurons_per_step(cfg)
     train_steps = cfg.get("num_steps_train", cfg.get("num_steps"))
     test_steps = cfg.get("num_steps_test", cfg.get("num_steps"))
-    per_value = 4 * (neurons + (2 * inputs if cfg["dataset"] == "dvs128_gesture" else 0))
+    from qsnn.data import registry
+
+    events = not registry.get(cfg["dataset"]).is_static  # event frames are held as input twice (batch + float copy)
+    per_value = 4 * (neurons + (2 * inputs if events else 0))
     train = per_value * train_steps * cfg["batch_size"] * COPIES["train"][cfg["execution"]]
     evaluation = per_value * test_steps * cfg["test_batch_size"] * COPIES["eval"]
     return train, evaluation

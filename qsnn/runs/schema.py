@@ -8,14 +8,19 @@ default here (the paper's MNIST values where the datasets differ).
 """
 from dataclasses import dataclass
 
+from qsnn.core.schedules import PERIODS
+from qsnn.core.schedules import EPOCHS_TWINS as _SCHEDULE_TWINS
+from qsnn.data import registry
+
 ROLES = ("network", "training", "schedule", "protocol", "execution", "output", "analysis")
 # Roles that say where, how fast or what else to save, never what is computed: free to change on --resume.
 RESUMABLE_ROLES = frozenset({"execution", "output", "analysis"})
 # Roles a search may vary: what the network computes and how it is trained.
 SEARCHABLE_ROLES = frozenset({"network", "training", "schedule"})
-STATIC_DATASETS = ("mnist", "fashion_mnist", "digits")  # images repeated at every time step
-EVENT_DATASETS = ("dvs128_gesture",)  # event-camera frames, with separate train and test lengths
-DATASETS = STATIC_DATASETS + EVENT_DATASETS
+# The registry's names, read live (a dataset registered later is a valid choice at once).
+STATIC_DATASETS = registry.STATIC_NAMES  # images repeated at every time step
+EVENT_DATASETS = registry.EVENT_NAMES  # event-camera frames, with separate train and test lengths
+DATASETS = registry.NAMES
 SCHEDULERS = ("cosine", "cosine_restarts", "cyclic", "step", "constant", "onecycle", "warmup_cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # Identity that config.json records outside "config" (runlog.execution_context), with the value a
@@ -119,8 +124,9 @@ def _k(name, default, role, help, **kw):
 _POS = dict(check=positive, allowed="> 0")
 
 
-def _epochs_twin(of, scheduler, what):
-    """The epochs form of the period key `of`: None = use `of`; set, it overrides `of`."""
+def _epochs_twin(of):
+    """The epochs form of the period key `of` (qsnn.core.schedules.PERIODS): None = use `of`; set, it overrides `of`."""
+    scheduler, what = PERIODS[of]
     return _k(f"{of}_epochs", None, "schedule", f"{scheduler}: {what} in epochs (overrides {of}); None = use {of}",
               type=float, nullable=True, check=off_or_positive, allowed="None (use the iteration key) or > 0",
               schedulers=(scheduler,), epochs_of=of)
@@ -169,21 +175,21 @@ KEYS = (
     _k("scheduler", "cosine", "schedule", "learning-rate schedule, stepped every iteration", choices=SCHEDULERS,
        in_folder_name=True),
     _k("t_max", 4690, "schedule", "cosine: iterations from lr down to eta_min", schedulers=("cosine",), **_POS),
-    _epochs_twin("t_max", "cosine", "the fall from lr to eta_min"),
+    _epochs_twin("t_max"),
     _k("eta_min", 0.0, "schedule", "cosine, cosine_restarts, warmup_cosine: lowest lr",
        schedulers=("cosine", "cosine_restarts", "warmup_cosine"), check=non_negative, allowed=">= 0"),
     _k("t_0", 4690, "schedule", "cosine_restarts: iterations of the first period", schedulers=("cosine_restarts",),
        **_POS),
-    _epochs_twin("t_0", "cosine_restarts", "the first period"),
+    _epochs_twin("t_0"),
     _k("t_mult", 1, "schedule", "cosine_restarts: growth factor of each next period",
        schedulers=("cosine_restarts",), check=lambda v: v >= 1, allowed=">= 1"),
     _k("base_lr", 5.4e-4, "schedule", "cyclic: lower bound (the upper bound is lr)", schedulers=("cyclic",),
        **_POS),
     _k("step_size_up", 4690, "schedule", "cyclic: iterations from base_lr up to lr", schedulers=("cyclic",),
        **_POS),
-    _epochs_twin("step_size_up", "cyclic", "the rise from base_lr to lr"),
+    _epochs_twin("step_size_up"),
     _k("step_size", 4690, "schedule", "step: iterations between lr decays", schedulers=("step",), **_POS),
-    _epochs_twin("step_size", "step", "the time between lr decays"),
+    _epochs_twin("step_size"),
     _k("gamma", 0.5, "schedule", "step: lr decay factor", schedulers=("step",), check=lambda v: 0 < v <= 1,
        allowed="within (0, 1]"),
     _k("pct_start", 0.3, "schedule", "onecycle: fraction of all iterations spent rising to lr",
@@ -241,6 +247,7 @@ SEARCHABLE_KEYS = frozenset(keys_where(lambda k: k.searchable))
 RUN_ONLY_KEYS = frozenset(keys_where(lambda k: k.role in RESUMABLE_ROLES and not k.tune_sets))
 FOLDER_NAME_KEYS = keys_where(lambda k: k.in_folder_name)
 EPOCHS_TWINS = {key.epochs_of: key.name for key in KEYS if key.epochs_of}  # iteration key -> its epochs twin
+assert EPOCHS_TWINS == _SCHEDULE_TWINS, "every period of qsnn.core.schedules.PERIODS needs its _epochs_twin key here"
 
 
 def keys_for(datasets):

@@ -21,7 +21,6 @@ from qsnn.runs import runlog, schema
 from qsnn.runs.config import check_type, coerce, parse_args, run_py_defaults, type_text, validate, value_type
 from qsnn.errors import MESSAGE_VALUE_CHARS, UserError, shorten
 
-DATASETS = ("mnist", "fashion_mnist", "dvs128_gesture")
 # The keys the paper tuned; each range holds the published values of all three datasets.
 DEFAULT_RANGES = {"lr": "1e-4:1e-2:log", "beta": "0.5:0.999", "threshold": "0.1:5:log",
                   "slope": "1:25:log", "dropout": "0:0.5"}
@@ -343,9 +342,10 @@ def make_objective(base, space, device, received):
     import optuna
     import torch
 
-    from qsnn.data.images import make_loaders
+    from qsnn.data.loaders import make_loaders
     from qsnn.runs.experiment import Interrupted, prepare_run_folder
-    from qsnn.core.train import NonFiniteLoss, StopRequested, run_trial
+    from qsnn.core.loop import NonFiniteLoss, StopRequested
+    from qsnn.runs.trial import run_trial
 
     cache = {}  # {loader keys: (loaders, generator)}: trials that agree on them share loaders
 
