@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
-from qsnn.deploy import runtime as deploy, convert as integer_export  # noqa: E402
+from qsnn.deploy import bundle_files, convert as integer_export, runtime as deploy  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 from qsnn.runs.cli import ArgumentParser, report_user_errors  # noqa: E402  (usage mistakes as one-line UserErrors)
 
@@ -66,10 +66,10 @@ def check_out(out, run_dir):
         return
     if Path(out).is_dir():
         raise UserError(f"--out {out} is a folder; give a bundle name, such as --out {Path(out) / 'model'}")
-    for path in deploy.bundle_paths(out):
+    for path in bundle_files.bundle_paths(out):
         if path.is_dir():
             raise UserError(f"--out {out} would write {path}, which is a folder; choose another --out")
-    folder = deploy.bundle_paths(out)[0].parent
+    folder = bundle_files.bundle_paths(out)[0].parent
     if not folder.is_dir():
         raise UserError(f"--out {out}: the folder {folder} does not exist; create it first or choose another --out")
     check_writable(folder, f"--out {out}: the folder {folder}", "choose another --out")
@@ -95,7 +95,7 @@ def export(args):
     bundle = integer_export.export_model(model, cfg["dataset"], args.membrane_bits, args.headroom_bits,
                                          args.beta_bits, extra_meta=extra)
     out = args.out or Path(args.run_dir) / f"int_{Path(source['checkpoint']).stem}"
-    npz_path, json_path = deploy.save_bundle(bundle, out)
+    npz_path, json_path = bundle_files.save_bundle(bundle, out)
     print(f"wrote {npz_path} and {json_path.name}: {args.membrane_bits}-bit membrane, "
           f"{deploy.weight_memory_bytes(bundle)} bytes of weights as packed codes")
     return bundle, model, cfg

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import export
-from qsnn.deploy import runtime as deploy, convert as integer_export
+from qsnn.deploy import bundle_files, convert as integer_export, runtime as deploy
 from qsnn.core.models import QSNN, architecture, build_model, fold_avg_pool
 
 from qsnn.data import registry  # noqa: E402
@@ -131,7 +131,7 @@ def test_bundle_round_trip_needs_only_numpy(tmp_path):
     net, generator = dyadic_net("image")
     _, codes, steps = dyadic_inputs("image", generator, batch=2, steps=4)
     bundle = integer_export.export_model(net, "digits", 16, 1, 24, input_info=INPUT_INFO["image"])
-    npz_path, json_path = deploy.save_bundle(bundle, tmp_path / "model")
+    npz_path, json_path = bundle_files.save_bundle(bundle, tmp_path / "model")
     assert npz_path.is_file() and json_path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == [
         "model.json", "model.npz"]
     with np.load(npz_path, allow_pickle=False) as data:
@@ -142,7 +142,7 @@ def test_bundle_round_trip_needs_only_numpy(tmp_path):
     np.save(tmp_path / "codes.npy", codes)
     expected = deploy.run_bundle(bundle, codes, steps)[0]
     script = ("import sys, numpy as np; sys.modules['torch'] = None; sys.path.insert(0, sys.argv[1]);"
-              "from qsnn.deploy.runtime import load_bundle, run_bundle;"
+              "from qsnn.deploy.bundle_files import load_bundle; from qsnn.deploy.runtime import run_bundle;"
               "out, _ = run_bundle(load_bundle(sys.argv[2]), np.load(sys.argv[3]), 4);"
               "np.save(sys.argv[4], out)")
     subprocess.run([sys.executable, "-c", script, str(ROOT), str(json_path), str(tmp_path / "codes.npy"),
@@ -172,7 +172,7 @@ def run_dir(tmp_path):
 def test_export_writes_bundle_and_table(run_dir, capsys):
     assert export.main([str(run_dir), "--membrane_bits", "12", "--widths", "8,12", "--limit", "6"]) == 0
     out = capsys.readouterr().out
-    bundle = deploy.load_bundle(run_dir / "int_tiny_t0")
+    bundle = bundle_files.load_bundle(run_dir / "int_tiny_t0")
     assert bundle.meta["membrane_bits"] == 12 and bundle.meta["source"]["trial"] == 0
     assert "| integer, 8-bit membrane |" in out and "| integer, 12-bit membrane |" in out
     assert "(6 test samples)" in out

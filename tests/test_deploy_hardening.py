@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import export
-from qsnn.deploy import runtime as deploy, convert as integer_export
+from qsnn.deploy import bundle_files, convert as integer_export, runtime as deploy
 from qsnn.errors import UserError
 from qsnn.core.models import build_model
 from test_deploy import INPUT_INFO, dyadic_net, run_dir  # noqa: F401  (run_dir is a fixture)
@@ -93,7 +93,7 @@ def test_foreign_checkpoint_is_refused_before_anything_is_written(run_dir, tmp_p
 def test_own_checkpoint_still_exports(run_dir, capsys):
     # The control for the refusals above: the run's own checkpoint passes every check.
     assert export.main([str(run_dir), "--membrane_bits", "8"]) == 0
-    assert deploy.load_bundle(run_dir / "int_tiny_t0").meta["source"]["checkpoint"] == "tiny_t0.pt"
+    assert bundle_files.load_bundle(run_dir / "int_tiny_t0").meta["source"]["checkpoint"] == "tiny_t0.pt"
     assert capsys.readouterr().err == ""
 
 
@@ -106,7 +106,7 @@ def saved_bundle(tmp_path_factory):
     bundle = integer_export.export_model(net, "digits", 16, 1, 24, input_info=INPUT_INFO["image"],
                                          extra_meta={"num_steps": 4})
     folder = tmp_path_factory.mktemp("bundle")
-    deploy.save_bundle(bundle, folder / "model")
+    bundle_files.save_bundle(bundle, folder / "model")
     return folder / "model"
 
 
@@ -233,7 +233,7 @@ def test_damaged_bundle_is_one_error_naming_file_and_field(saved_bundle, tmp_pat
     (tmp_path / "model.json").write_text(json.dumps(meta))
     np.savez(tmp_path / "model.npz", **arrays)
     with pytest.raises(UserError) as error:
-        deploy.load_bundle(tmp_path / "model")
+        bundle_files.load_bundle(tmp_path / "model")
     message = str(error.value)
     assert message.startswith(f"{tmp_path / 'model'}.{where}: ") and expected in message, message
     assert "\n" not in message and message.endswith("export it again")
@@ -241,7 +241,7 @@ def test_damaged_bundle_is_one_error_naming_file_and_field(saved_bundle, tmp_pat
 
 def test_undamaged_bundle_loads_and_runs(saved_bundle):
     # The control for the refusals above: the bundle as written passes every check and runs.
-    bundle = deploy.load_bundle(saved_bundle)
+    bundle = bundle_files.load_bundle(saved_bundle)
     spikes, saturated = deploy.run_bundle(bundle, np.zeros((2, 1, 28, 28), np.int64), bundle.meta["num_steps"])
     assert spikes.shape == (4, 2, 10) and saturated >= 0
 

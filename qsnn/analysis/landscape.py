@@ -24,6 +24,7 @@ import torch
 
 from qsnn.runs import runlog
 from qsnn.data.loaders import as_tensors, load_datasets, to_float
+from qsnn.files import write_text
 from qsnn.errors import UserError
 from qsnn.core.models import conv_over_time, effective_weight, fold_avg_pool
 from qsnn.runs.snapshots import list_snapshots, load_snapshot, snapshot_folder
@@ -191,7 +192,7 @@ def quantized_layers(model):
 @torch.no_grad()
 def quantized_weights(model, state, quantized):
     """{layer: (effective weight as float64 numpy, integer codes or None)} of a state, via the model's quantizer."""
-    from qsnn.deploy.convert import weight_codes
+    from qsnn.core.models import weight_codes
 
     model.load_state_dict(state)
     out = {}
@@ -411,4 +412,4 @@ def write_csv(path, rows, columns=None):
         return str(value)
 
     lines = [",".join(columns)] + [",".join(cell(row[c]) for c in columns) for row in rows]
-    runlog.write_text(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")

@@ -35,7 +35,7 @@ import pandas as pd
 from qsnn.runs import schema
 from qsnn.runs.cli import ArgumentParser  # noqa: F401 (the root scripts' parser, re-exported)
 from qsnn.runs.config import precision_name
-from qsnn.runs.runlog import EFFICIENCY_COLUMNS
+from qsnn.core.efficiency import COLUMNS as EFFICIENCY_COLUMNS
 from qsnn.errors import MESSAGE_VALUE_CHARS, UserError, shorten
 
 # Folders that never hold runs but can be huge (datasets, environments).

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsnn import distributed
-from qsnn.runs.runlog import EFFICIENCY_COLUMNS
 from qsnn.core.models import fold_avg_pool, qnn  # brevitas.nn, imported by models without its CPU warning
 
-COLUMNS = EFFICIENCY_COLUMNS
+# Columns of eff_<exp>_t<k>.csv (the trial writes them, qsnn.analysis.results reads them).
+COLUMNS = ("epoch", "rate_conv1", "rate_conv2", "rate_fc", "synops", "synops_conv2", "synops_fc",
+           "input_macs", "weight_kib", "weight_kib_fp32")
 POOL_STRIDE = 2  # the folded 2x2 average pool makes every conv stride 2
 
 

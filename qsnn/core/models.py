@@ -19,6 +19,7 @@ import logging
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import brevitas.nn as qnn  # noqa: E402
+import numpy as np
 import snntorch as snn
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,27 @@ def effective_weight(layer):
     if isinstance(layer, (qnn.QuantConv2d, qnn.QuantLinear)):
         return layer.quant_weight().value
     return layer.weight
+
+
+def weight_codes(layer):
+    """(integer codes, per-output-channel scale [O], bit width) of a Brevitas layer, checked."""
+    if not isinstance(layer, (qnn.QuantConv2d, qnn.QuantLinear)):
+        raise UserError("full-precision weights (num_bits None) have no integer codes; the integer export "
+                        "needs a quantized network (num_bits 1..16)")
+    with torch.no_grad():
+        quant = layer.quant_weight()
+        codes = quant.int().cpu().numpy().astype(np.int64)
+        scale = quant.scale.double().cpu().numpy().reshape(-1)
+        bits, zero = int(quant.bit_width), quant.zero_point.cpu().numpy()
+        value = quant.value.double().cpu().numpy()
+    low, high = (-1, 1) if bits == 1 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if np.any(zero != 0) or codes.min() < low or codes.max() > high or scale.size not in (1, len(codes)):
+        raise UserError(f"{type(layer).__name__}: weight codes outside {bits}-bit signed integers "
+                        "(or a zero point / scale layout the integer export does not implement)")
+    scale = np.broadcast_to(scale, (len(codes),)).copy()
+    if not np.allclose(codes * scale.reshape((-1,) + (1,) * (codes.ndim - 1)), value, rtol=1e-6, atol=0):
+        raise UserError(f"{type(layer).__name__}: quant_weight() value is not int x scale")
+    return codes, scale, bits
 
 
 def fold_avg_pool(weight):

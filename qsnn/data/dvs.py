@@ -36,7 +36,7 @@ from tonic.transforms import Downsample
 
 from qsnn.errors import UserError
 from qsnn.progress import progress
-from qsnn.runs.runlog import atomic_path
+from qsnn.files import atomic_path
 
 SENSOR_SIDE = DVSGesture.sensor_size[0]
 CACHE_VERSION = "v1"  # bump when the binning code changes, so old caches are not reused

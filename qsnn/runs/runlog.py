@@ -20,18 +20,15 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from qsnn.paths import REPO_ROOT, from_checkout, resolve_path
 from qsnn.runs.config import RESUMABLE_KEYS, precision_name
 from qsnn.runs.schema import FOLDER_NAME_KEYS
+from qsnn.core.efficiency import COLUMNS as EFFICIENCY_COLUMNS  # the eff CSV header
+from qsnn.files import atomic_path, atomic_write, read_json_object, refuse_link, write_text  # noqa: F401 (atomic_path: re-exported)
 from qsnn.errors import UserError, shorten
 
-# Columns of eff_<exp>_t<k>.csv (qsnn.core.efficiency writes them, qsnn.analysis.results reads them).
-EFFICIENCY_COLUMNS = ("epoch", "rate_conv1", "rate_conv2", "rate_fc", "synops", "synops_conv2", "synops_fc",
-                      "input_macs", "weight_kib", "weight_kib_fp32")
 # mkstemp's names for atomic_path: "." + target name + "." + 8 random characters + target suffix.
 TEMP_FILE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?$")
 
@@ -134,44 +131,6 @@ def trial_files(run_dir, exp, k):
             "last": run_dir / f"last_{exp}_t{k}.pt"}
 
 
-@contextmanager
-def atomic_path(target):
-    """A temporary path beside target that replaces it if the block succeeds (and is removed if not).
-
-    The temporary name keeps target's suffix (numpy appends .npy otherwise) and starts with a dot.
-    """
-    target = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
-    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file what open() would
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def current_umask():
-    """The process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write):
-    """Call write(file_object) on a temporary file beside path, then move it into place."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_text(path, text):
-    """Atomically replace a text file."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def save_checkpoint(obj, path):
     """Atomically torch.save obj to path (timm's temp-file-then-replace)."""
     import torch  # imported here: the results scripts use this module without needing torch
@@ -245,30 +204,6 @@ def write_run_config(run_dir, cfg, device, resumed=False):
     else:
         record = {**previous, "config": cfg, "resumes": [*previous.get("resumes", []), session]}
     write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
-
-
-def read_json_object(path):
-    """The JSON object in path, None if the file is absent; a damaged file is one UserError line."""
-    path = Path(path)
-    refuse_link(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON ({type(e).__name__}); repair or delete it, or start the "
-                        "run again with --overwrite") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a JSON object; repair or delete it, or start the run again "
-                        "with --overwrite")
-    return data
-
-
-def refuse_link(path):
-    """A file this program reads back or rewrites must not be a link: it could lead anywhere."""
-    if Path(path).is_symlink():
-        raise UserError(f"{path} is a link, which this program never makes; replace it with the file itself "
-                        "or remove it")
 
 
 def read_run_config(run_dir):

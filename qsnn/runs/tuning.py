@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from qsnn.runs import runlog, schema
 from qsnn.runs.config import check_type, coerce, parse_args, run_py_defaults, type_text, validate, value_type
+from qsnn.files import write_text
 from qsnn.errors import MESSAGE_VALUE_CHARS, UserError, shorten
 
 # The keys the paper tuned; each range holds the published values of all three datasets.
@@ -466,7 +467,7 @@ def report(study, shown_url, run_py_cfg, out, overrides, run_py):
                             "--study") from None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        runlog.write_text(out, json.dumps(cfg, indent=2) + "\n")
+        write_text(out, json.dumps(cfg, indent=2) + "\n")
     except OSError as e:
         raise UserError(f"cannot write the best config to {brief(str(out))}: {e.strerror}; the study keeps its "
                         "trials: rerun with --best --out FILE") from None
