@@ -1,11 +1,18 @@
-"""Regenerate the README's Results table, schedule comparison and figures from results/ (never by hand).
+"""Regenerate the results sections of README.md and docs/*.md, and the figures, from results/ (never by hand).
 
     python results/update_readme.py
 
-Runs extract_test_set_accuracy.py and plot_results.py on results/ and puts the table that the first
-prints between the README's `<!-- results-table -->` markers, and the schedule study's comparison
-(finished trials only), the paper runs' epochs and the minima study's answer (results/minima_report.py)
-between their own markers; figures go to results/figures/.
+Each generated section sits between a pair of markers, `<!-- NAME:start -->` and `<!-- NAME:end -->`, in
+exactly one of README.md and docs/*.md; the script finds each pair by reading those files, so a section can
+move between pages without touching this script. The sections (SECTIONS below):
+
+- `results-table`: the table that extract_test_set_accuracy.py prints for results/;
+- `schedule-verdict`: the schedule study's comparison (finished trials only);
+- `paper-epochs`: every epoch of the paper runs in results/paper/;
+- `minima`: the minima study's answer (results/minima_report.py).
+
+A marker pair found in no file or in two files, or a start without its end, is an error, reported before
+anything runs. plot_results.py draws the figures into results/figures/.
 """
 import csv
 import statistics
@@ -15,15 +22,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from qsnn import results  # noqa: E402  (the readers behind extract_test_set_accuracy.py)
+from qsnn.analysis import results  # noqa: E402  (the readers behind extract_test_set_accuracy.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from minima_report import minima_section  # noqa: E402  (the navigating-minima study, results/minima/)
 
-START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
-VERDICT = ("<!-- schedule-verdict:start -->", "<!-- schedule-verdict:end -->")
-PAPER = ("<!-- paper-epochs:start -->", "<!-- paper-epochs:end -->")
-MINIMA = ("<!-- minima:start -->", "<!-- minima:end -->")
+SECTIONS = ("results-table", "schedule-verdict", "paper-epochs", "minima")  # the marker names, in fill order
 SCHEDULES = ("periodic", "monotone", "constant")  # the suffixes of reproduce.sh's study folders
 SEEDS = 3
 
@@ -89,28 +93,94 @@ def verdict(cells, precision):
     return ("yes" if min(margins.values()) > spread else "no") + f" ({gaps}; largest std {spread:.2f})"
 
 
-def replace_between(text, markers, content):
+class MarkerError(Exception):
+    """A generated section's markers are missing, duplicated or unpaired."""
+
+
+def markers(name):
+    """The start and end marker of a generated section."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def documents(root=ROOT):
+    """The files that may hold generated sections: README.md and docs/*.md."""
+    root = Path(root)
+    return [path for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if path.is_file()]
+
+
+def locate(names=SECTIONS, root=ROOT):
+    """{section name: the one file holding its marker pair}; MarkerError unless each pair is in exactly one."""
+    root = Path(root)
+    texts = {path: path.read_text() for path in documents(root)}
+    found, problems = {}, []
+    for name in names:
+        start, end = markers(name)
+        holders = []
+        for path, text in texts.items():
+            starts, ends = text.count(start), text.count(end)
+            if starts == ends == 0:
+                continue
+            shown = path.relative_to(root).as_posix()
+            if starts != 1 or ends != 1 or text.index(start) > text.index(end):
+                problems.append(f"{shown} has {starts} {start} and {ends} {end} markers (one of each, in that "
+                                "order, is needed)")
+            holders.append(path)
+        if not holders:
+            problems.append(f"no file has the {start} ... {end} markers (looked in README.md and docs/*.md)")
+        elif len(holders) > 1:
+            shown = " and ".join(path.relative_to(root).as_posix() for path in holders)
+            problems.append(f"the {start} ... {end} markers are in {shown}; keep them in one file")
+        else:
+            found[name] = holders[0]
+    if problems:
+        raise MarkerError("; ".join(problems))
+    return found
+
+
+def replace_between(text, pair, content):
     """text with content put between the two markers."""
-    start, end = markers
+    start, end = pair
     if start not in text or end not in text:
-        sys.exit(f"error: README.md has no {start} ... {end} markers")
+        raise MarkerError(f"no {start} ... {end} markers")
     head, rest = text.split(start, 1)
     return f"{head}{start}\n{content}\n{end}{rest.split(end, 1)[1]}"
 
 
+def fill(contents, root=ROOT):
+    """Put each section's content ({name: markdown}) between its markers in its file; the files changed."""
+    places = locate(list(contents), root)
+    changed = []
+    for path in dict.fromkeys(places.values()):
+        text = original = path.read_text()
+        for name, holder in places.items():
+            if holder == path:
+                text = replace_between(text, markers(name), contents[name])
+        if text != original:
+            path.write_text(text)
+            changed.append(path)
+    return changed
+
+
 def main():
+    try:
+        places = locate()  # before the minute of work below, so a moved marker fails at once
+    except MarkerError as error:
+        sys.exit(f"error: {error}")
     table = run("extract_test_set_accuracy.py", "results", "--out", "results/test_set_accuracy.csv")
     table = "\n".join(line for line in table.splitlines() if line.startswith("|"))
     run("plot_results.py", "results", "--out", "results/figures", "--per-folder", "--skip-unfinished", "--lr",
         "--memory", "--panels", "precision", "--skip-iterations", "50", "--window", "100")
     for pdf in (ROOT / "results" / "figures").glob("*.pdf"):
         pdf.unlink()  # the repository keeps the small PNGs only
-    readme = replace_between((ROOT / "README.md").read_text(), (START, END), table)
-    readme = replace_between(readme, VERDICT, schedule_verdict())
-    readme = replace_between(readme, PAPER, paper_epochs())
-    readme = replace_between(readme, MINIMA, minima_section())
-    (ROOT / "README.md").write_text(readme)
-    print(f"README.md: results table with {table.count(chr(10)) - 1} rows; figures in results/figures/")
+    contents = {"results-table": table, "schedule-verdict": schedule_verdict(), "paper-epochs": paper_epochs(),
+                "minima": minima_section()}
+    try:
+        changed = fill(contents)
+    except MarkerError as error:
+        sys.exit(f"error: {error}")
+    where = ", ".join(f"{name} in {path.relative_to(ROOT).as_posix()}" for name, path in places.items())
+    print(f"{where}; results table with {table.count(chr(10)) - 1} rows; "
+          f"{len(changed)} file(s) changed; figures in results/figures/")
 
 
 if __name__ == "__main__":
