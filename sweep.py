@@ -5,7 +5,8 @@
     python sweep.py GRID.json --storage postgresql+psycopg2://user:pw@host/qsnn   # same command on every machine
     python sweep.py --help                                   # every option
 
-This file is the command line; the sweep lives in qsnn/runs/sweep.py.
+This file is the command line; the sweep lives in qsnn/runs/: sweep.py (a worker), sweep_grid.py (the grid file),
+sweep_store.py (the shared table of cells), sweep_folders.py and sweep_process.py (a cell's folder and run).
 """
 import argparse
 import os
@@ -16,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere without installing
 from qsnn.runs.cli import ArgumentParser  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
-from qsnn.runs.sweep import default_storage, load_grid, print_cells, run_sweep  # noqa: E402
+from qsnn.runs.sweep import print_cells, run_sweep  # noqa: E402
+from qsnn.runs.sweep_grid import default_storage, load_grid  # noqa: E402
 
 EPILOG = """\
 grid file (JSON), e.g. results/sweeps/minima.json:

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import plot_results  # noqa: E402
-from plot_results import Options, Style  # noqa: E402
+from qsnn.analysis.curve_figures import Options  # noqa: E402
+from qsnn.analysis.figure_styles import Style  # noqa: E402
 from qsnn.analysis import results  # noqa: E402
 from qsnn.runs.runlog import EFFICIENCY_COLUMNS  # noqa: E402
 
