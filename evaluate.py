@@ -26,8 +26,10 @@ REMEDY = "give a <exp>_t<k>.pt or last_<exp>_t<k>.pt file that training wrote"
 MODEL_KEYS = ("dataset", "num_bits", "beta", "threshold", "slope", "dropout", "batch_norm")
 RUN_KEYS = ("execution", "time_chunk", "data_dir", "test_batch_size", "tensor_data", "num_workers")
 OVERRIDABLE = ("data_dir", "execution", "test_batch_size")  # keys the command line can supply
-OPTIONAL_KEYS = ("state_bits",)  # older checkpoints predate it; build_model reads None then
+# Older checkpoints predate these; build_model reads their defaults then (None; the paper's conv layers).
+OPTIONAL_KEYS = ("state_bits", "conv_channels", "kernel_size", "padding", "pool")
 PLAIN_TYPES = (type(None), bool, int, float, str)  # what training writes into a checkpoint's config
+# (and, for the per-layer keys conv_channels, kernel_size, padding, pool and num_bits, lists of them)
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d{1,4})?")
 
 
@@ -100,8 +102,12 @@ def check_structure(path, checkpoint):
                         f"no weights to evaluate; {REMEDY}")
     if not isinstance(cfg, dict):
         raise UserError(f"{path}: its \"config\" entry is a {type(cfg).__name__}, not a dict of config keys; {REMEDY}")
+    from qsnn.runs.schema import LAYER_KEYS
+
     for key, value in cfg.items():
-        if not isinstance(key, str) or not isinstance(value, PLAIN_TYPES):
+        plain = isinstance(value, PLAIN_TYPES) or (key in LAYER_KEYS and isinstance(value, list) and len(value) <= 1000
+                                                   and all(isinstance(v, PLAIN_TYPES) for v in value))
+        if not isinstance(key, str) or not plain:
             raise UserError(f"{path}: its config's entry {shorten(key)} holds a {type(value).__name__}, "
                             f"not a plain value (number, text, true/false or null); {REMEDY}")
 
@@ -124,7 +130,9 @@ def run_py_defaults(path, cfg):
     if cfg["dataset"] not in registry.NAMES:
         raise UserError(f"{path}: its config's dataset {shorten(cfg['dataset'])} is not one of "
                         f"{', '.join(registry.NAMES)}; {REMEDY}")
-    return runpy.run_path(str(REPO_ROOT / registry.get(cfg["dataset"]).run_py / "run.py"))["config"]
+    from qsnn.runs.config import run_py_defaults as completed  # keys the run.py does not list: schema defaults
+
+    return completed(runpy.run_path(str(REPO_ROOT / registry.get(cfg["dataset"]).run_py / "run.py"))["config"])
 
 
 def evaluation_view(path, cfg, defaults):
@@ -145,9 +153,11 @@ def check_value_types(path, view, defaults):
     from qsnn.runs.config import CHOICES, check_type, type_text
 
     for key, value in view.items():
-        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 63:
-            raise UserError(f"{path}: its config's {key} is an integer of {value.bit_length()} bits, far out of "
-                            f"range; {REMEDY}")
+        for number in value if isinstance(value, list) else [value]:  # a per-layer key's list: each value
+            if isinstance(number, int) and not isinstance(number, bool) and number.bit_length() > 63:
+                what = "holds" if isinstance(value, list) else "is"
+                raise UserError(f"{path}: its config's {key} {what} an integer of {number.bit_length()} bits, far out "
+                                f"of range; {REMEDY}")
         try:
             view[key] = check_type(key, value, defaults[key])
         except UserError:
@@ -222,7 +232,7 @@ def evaluate_checkpoint(path, args):
     import torch
 
     from qsnn.data.loaders import make_loaders
-    from qsnn.core.efficiency import COLUMNS, EfficiencyMeter
+    from qsnn.core.efficiency import EfficiencyMeter
     from qsnn.runs.experiment import resolve_device
     from qsnn.core.models import build_model
     from qsnn.progress import progress
@@ -243,7 +253,14 @@ def evaluate_checkpoint(path, args):
     meter = EfficiencyMeter(model)
     batches = progress(loader, desc="test batches", total=len(loader), unit="batch")
     accuracy = evaluate(model, batches, test_steps(cfg), device, meter)
-    return cfg, accuracy, dict(zip(COLUMNS[1:], meter.row()))
+    return cfg, accuracy, dict(zip(EfficiencyMeter.columns(model)[1:], meter.row()))
+
+
+def bits_text(num_bits):
+    """'4-bit', '32-bit' (float), or per layer '8/4/4-bit' (conv layers, then the head)."""
+    if isinstance(num_bits, list):
+        return "/".join(str(bits or 32) for bits in num_bits) + "-bit"
+    return f"{num_bits or 32}-bit"
 
 
 def main(argv=None):
@@ -254,7 +271,7 @@ def main(argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    print(f"{args.checkpoint}: {cfg['dataset']}, {cfg['num_bits'] or 32}-bit weights, "
+    print(f"{args.checkpoint}: {cfg['dataset']}, {bits_text(cfg['num_bits'])} weights, "
           f"{cfg.get('num_steps_test', cfg.get('num_steps'))} steps")
     print(f"test accuracy: {accuracy:.2f}%")
     for name, value in figures.items():

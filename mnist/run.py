@@ -16,7 +16,7 @@ config = {
     "output_dir": "runs",  # where run folders go (relative: from the repository root; for an installed qsnn, from the current folder)
     "data_dir": "data",  # where datasets are downloaded/read (relative: as output_dir)
     # network
-    "num_bits": 4,  # weight bit width (1..16); None = full-precision float weights
+    "num_bits": 4,  # weight bit width (1..16), or a list: each conv layer's then the head's (--num_bits 8,4,4); None = full-precision float weights
     "num_steps": 100,  # time steps per sample; the image is the input current at every step
     "beta": 0.994,  # LIF membrane decay per step
     "threshold": 2.915,  # LIF firing threshold
@@ -24,6 +24,11 @@ config = {
     "dropout": 0.003168,  # dropout before the output layer
     "batch_norm": True,  # BatchNorm2d after each conv + pool
     "state_bits": None,  # LIF membrane bit width (snnTorch state_quant, levels -thr..1.2 thr); None = float
+    # conv layers: conv (no bias, zero padding) -> average pool -> BatchNorm -> LIF, then the linear head
+    "conv_channels": None,  # output channels of each conv layer, e.g. [16, 32, 64] or --conv_channels 16,32,64 (three layers); None = the paper's 16, 64
+    "kernel_size": 5,  # conv kernel side: one value for every conv layer, or one per layer (--kernel_size 5,3,3)
+    "padding": 0,  # zero padding of each conv's input: one value, or one per conv layer
+    "pool": 2,  # average-pool size after each conv (1 = no pooling): one value, or one per conv layer
     # loss and optimisation
     "correct_rate": 0.8,  # mse_count_loss: target firing rate of the correct class
     "incorrect_rate": 0.2,  # mse_count_loss: target firing rate of the other classes

@@ -124,6 +124,7 @@ def test_the_page_parses_into_the_walk_throughs_the_tests_run():
     kinds = {name: [kind for kind, _, _ in steps(items)] for name, items in page.items()}
     assert kinds["Adding a dataset"] == ["append", "create", "run"]
     assert kinds["Adding a learning-rate schedule"] == ["replace_in", "replace_in", "before_in", "before_in", "run"]
+    assert kinds["Changing the network's shape"] == ["run"]
 
 
 def test_adding_a_dataset_as_the_page_says(tmp_path):
@@ -158,3 +159,13 @@ def test_adding_a_schedule_as_the_page_says(tmp_path):
     expected = [peak + (floor - peak) * i / total for i in range(total)]
     assert lrs == pytest.approx(expected, rel=1e-6)
     assert total == 2 * 45  # 1,437 training digits at batch 32
+
+
+def test_changing_the_networks_shape_as_the_page_says(tmp_path):
+    checkout = copy_checkout(tmp_path)
+    _, report = follow("Changing the network's shape", checkout)
+    rates = re.findall(r"^spike rate (\w+): ", report, flags=re.M)
+    assert rates == ["conv1", "conv2", "conv3", "fc"]
+    header = (checkout / "runs" / "digits_3conv" / "eff_digits_3conv_t0.csv").read_text().splitlines()[0]
+    assert header.split(",")[:5] == ["epoch", "rate_conv1", "rate_conv2", "rate_conv3", "rate_fc"]
+    assert "8/4/4/4-bit weights" in report.splitlines()[0]

@@ -184,6 +184,42 @@ def test_fast_equals_reference(kind, num_bits, state_bits):
         assert_membranes_on_levels(fast, fast.eval()(x, steps, record=True))
 
 
+# Three conv layers with every per-layer setting mixed: kernels 5, 3, 3; padding 0, 1, 1; pools 2, 1, 4 (a
+# 4x4 pool divides by 16, still exact; DVS's 14x14 map floors to 3x3 under it); 8-bit, 4-bit, 2-bit convs.
+THREE_CONV = dict(channels=(4, 6, 8), kernel_size=[5, 3, 3], padding=[0, 1, 1], pool=[2, 1, 4],
+                  num_bits=[8, 4, 2, 4])
+
+
+def dyadic_per_layer_weights_(net, generator, bits):
+    """Codes in [-(2^(b-1) - 1), 2^(b-1) - 1] with one at the top, times 2^-b: each b-bit scale is exactly 2^-b."""
+    with torch.no_grad():
+        for layer, b in zip((*[block.conv for block in net.blocks], net.head.fc), bits):
+            top = 2 ** (b - 1) - 1
+            q = torch.randint(-top, top + 1, layer.weight.shape, generator=generator).float()
+            q.view(-1)[0] = top
+            layer.weight.copy_(q * 2.0 ** -b)
+
+
+@pytest.mark.parametrize("kind", ["image", "event"])
+def test_three_conv_fast_equals_reference(kind):
+    generator = torch.Generator().manual_seed(1)
+    sizes = {k: ARCHITECTURES[kind][k] for k in ("in_channels", "input_size", "num_classes")}
+    net = QSNN(**sizes, **THREE_CONV, dropout=0.0, **NEURON)
+    dyadic_per_layer_weights_(net, generator, THREE_CONV["num_bits"])
+    x, steps = dyadic_input(kind, generator, batch=4, steps=6)
+    labels = torch.randint(0, sizes["num_classes"], (4,), generator=generator)
+    agreement = compare_executions(net, x, steps, labels=labels)
+    side = 12 if kind == "image" else 14  # conv2 keeps conv1's map (3x3, padding 1, no pool); conv3 pools by 4
+    assert [layer.elements for layer in agreement.layers] == [e * 6 * 4 for e in (
+        4 * side * side, 6 * side * side, 8 * 3 * 3, sizes["num_classes"])]
+    for layers in (agreement.layers, agreement.train.layers):
+        assert all(layer.spikes > 0 and layer.identical for layer in layers), layers
+    train = agreement.train
+    assert train.loss_diff == 0 and not train.zero_gradients
+    assert train.worst_gradient()[1] < 1e-4, train.grad_rel_diff
+    assert train.running_stats_diff < 1e-5 and train.batches_tracked_equal
+
+
 @pytest.mark.parametrize("time_chunk", [1, 3, 0])
 def test_time_chunk_does_not_change_results(time_chunk):
     reference, _, generator = paired_nets("event", 4)

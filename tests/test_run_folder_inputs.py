@@ -96,7 +96,7 @@ def test_a_config_json_from_an_older_version_lacking_keys_resumes_with_todays_va
     ("lr", -1.0, "--lr -1.0 is not allowed"),
     ("lr", "fast", "--lr expects float"),
     ("scheduler", "sgdr", "--scheduler 'sgdr' is not allowed"),
-    ("num_bits", 2.5, "--num_bits expects int or None"),
+    ("num_bits", 2.5, "--num_bits expects int or a list of ints"),
     ("correct_rate", 0.1, "--correct_rate 0.1 is not allowed"),
 ])
 def test_a_config_json_whose_values_no_longer_validate_is_one_line(finished_run, key, value, message):

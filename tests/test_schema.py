@@ -147,7 +147,8 @@ def bad_values(key):
 
 def bad_cases():
     """(key, value, message fragment) for one bad type of every key and each refused choice or range."""
-    cases = [(k.name, [1], "expects") for k in schema.KEYS]
+    # [1] is of no key's type, except for the per-layer keys, which take lists of their type: [1.5] is not
+    cases = [(k.name, [1.5] if k.layers else [1], "expects") for k in schema.KEYS]
     cases += [(k.name, v, "is not allowed") for k in schema.KEYS for v in bad_values(k)]
     return cases
 
@@ -190,6 +191,19 @@ def test_a_copied_paper_run_counts_once_with_a_warning(tmp_path):
     table, warned = table_with_warnings(tmp_path)
     assert table.n_trials.tolist() == [1] and table.loc[0, "test_acc_mean"] == 99.17
     assert len(warned) == 1 and str(paper) in warned[0] and str(copy) in warned[0] and "counted once" in warned[0]
+
+
+def test_a_repeated_trial_is_counted_from_its_finished_copy(tmp_path):
+    """The 18-epoch run still training and a finished 5-epoch run of the same config: the finished one counts."""
+    running = write_run(tmp_path, "a_long", "mnist", "constant", [[80.0, 90.0, 91.0]], config=PAPER)
+    finished = write_run(tmp_path, "b_short", "mnist", "constant", [[80.0, 85.0]], config=PAPER)
+    for folder, state, epochs in ((running, "running", 3), (finished, "finished", 2)):
+        (folder / "status.json").write_text(json.dumps({"trials": {"0": {"state": state, "epochs_completed": epochs}}}))
+    table, warned = table_with_warnings(tmp_path)
+    assert table.n_trials.tolist() == [1] and table.loc[0, "test_acc_mean"] == 85.0
+    repeat = [w for w in warned if "repeats" in w]
+    assert len(repeat) == 1 and repeat[0].startswith(f"{running}: trial t0 repeats trial t0 of {finished}")
+    assert repeat[0].endswith("(finished, 2 epochs)")
 
 
 def test_three_seed_0_demo_folders_are_one_trial(tmp_path):

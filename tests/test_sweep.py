@@ -305,7 +305,7 @@ def test_ctrl_c_stops_the_running_cell_once_and_gives_it_back(tmp_path):
      "num_bits is set by both fixed and axis 'precision'"),
     (json.dumps({"run": "mnist/run.py", "axes": {"seed": [0], "p": {"a": {"num_bits": "four"}}},
                  "name": "s{seed}{p}"}),
-     "cell 's0a' (name 's{seed}{p}'): --num_bits expects int or None, got 'four'"),
+     "cell 's0a' (name 's{seed}{p}'): --num_bits expects int or a list of ints, one per layer (e.g. 8,4,4,4) or None, got 'four'"),
 ])
 def test_a_bad_grid_file_is_one_error_line(tmp_path, capsys, grid_text, message):
     grid = tmp_path / "grid.json"

@@ -26,7 +26,7 @@ from qsnn.runs import runlog
 from qsnn.data.loaders import as_tensors, load_datasets, to_float
 from qsnn.files import write_text
 from qsnn.errors import UserError
-from qsnn.core.models import conv_over_time, effective_weight, fold_avg_pool
+from qsnn.core.models import effective_weight
 from qsnn.runs.snapshots import list_snapshots, load_snapshot, snapshot_folder
 from qsnn.core.loop import logged_loss, test_steps, train_steps
 
@@ -229,13 +229,11 @@ def time_first(x, num_steps):
 def batch_norm_input(block, x):
     """What a block's BatchNorm normalises, [T', B, C, H, W] (T' = 1 for a static x [B, C, H, W]).
 
-    The fast execution's arithmetic (stride-2 conv with the pool folded in); the reference's conv
-    then pool is the same up to float rounding.
+    The fast execution's arithmetic (the pool folded into a strided conv); the reference's conv then pool
+    is the same up to float rounding.
     """
-    weight = fold_avg_pool(effective_weight(block.conv))
-    if x.dim() == 4:
-        return torch.nn.functional.conv2d(x, weight, stride=2).unsqueeze(0)
-    return conv_over_time(x, weight, 0)
+    current = block.pooled_current(x)
+    return current.unsqueeze(0) if x.dim() == 4 else current
 
 
 @torch.no_grad()

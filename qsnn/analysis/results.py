@@ -43,17 +43,38 @@ SKIP_DIRS = frozenset({".git", "venv", ".venv", "site-packages", "data", "__pyca
                        "node_modules"})
 # Each scheduler's own keys (qsnn/runs/schema.py); another scheduler's keys do not change a run.
 SCHEDULE_KEYS, ALL_SCHEDULE_KEYS = schema.SCHEDULE_KEYS, schema.ALL_SCHEDULE_KEYS
-EFF_COLUMNS = EFFICIENCY_COLUMNS[1:]  # after "epoch"
+EFF_COLUMNS = EFFICIENCY_COLUMNS[1:]  # after "epoch": the paper's two conv layers; a network of N has N rates
+# A conv layer's columns of a network with any number of conv layers: rate_conv3, synops_conv3, ...
+CONV_COLUMN = re.compile(r"(rate|synops)_conv([1-9][0-9]{0,2})")
 # Required columns of each log (the first is its step), then optional ones.
 LOG_COLUMNS = {"acc": ("epoch", "test_acc"), "loss": ("iteration", "loss"), "lr": ("iteration", "lr"),
                "eff": ("epoch",)}
-OPTIONAL_COLUMNS = {"acc": ("val_acc",), "eff": EFF_COLUMNS}
+OPTIONAL_COLUMNS = {"acc": ("val_acc",), "eff": EFF_COLUMNS}  # eff: also every CONV_COLUMN of its header
 ACC_COLUMNS = ["test_acc", "val_acc"]  # percentages: a value outside 0..100 is damage
 MAX_STEP = 2**53  # epochs and iterations above it are damage (and would not survive the cast to int)
 
 
 def _join(values: pd.Series) -> str:
     return ";".join("" if pd.isna(v) else f"{v:.6g}" for v in values)
+
+
+def eff_columns(names: Iterable[str] = ()) -> list[str]:
+    """The paper's eff columns and every further conv layer's among names, in eff CSV order (rate_conv1..N,
+    rate_fc, synops, synops_conv2..N, synops_fc, input_macs, weight_kib, weight_kib_fp32)."""
+    found = set(EFF_COLUMNS) | {str(n) for n in names if CONV_COLUMN.fullmatch(str(n))}
+    return sorted(found, key=_eff_position)
+
+
+def _eff_position(name: str) -> tuple:
+    conv = CONV_COLUMN.fullmatch(name)
+    if conv:  # the rates before rate_fc, the per-layer SynOps between synops and synops_fc
+        return (0 if conv[1] == "rate" else 3, int(conv[2]))
+    return ({"rate_fc": 1, "synops": 2, "synops_fc": 4}.get(name, 5 + EFF_COLUMNS.index(name)), 0)
+
+
+def conv_rate_columns(columns: Iterable[str]) -> list[str]:
+    """The rate_conv<i> columns among columns, in layer order."""
+    return [c for c in eff_columns(columns) if c.startswith("rate_conv") and c in set(columns)]
 
 
 # Per-trial columns -> table columns, as pandas named aggregations over an experiment's trials.
@@ -86,6 +107,7 @@ class Run:
     trials: tuple[int, ...]
     setting: str = ""  # what tells this experiment apart from others with the same label
     seed: object = 0  # the base seed: trial k ran with seed + k
+    progress: tuple = ()  # (trial, finished, epochs completed) from status.json: which copy of a repeated trial wins
 
     def trial_seed(self, trial: int) -> object:
         """The seed trial k of this run ran with: with the experiment, what names the trial."""
@@ -159,22 +181,27 @@ def find_runs(root: str | Path, include_tuning: bool = False) -> list[Run]:
 
 
 def without_repeated_trials(runs: list[Run]) -> list[Run]:
-    """Each trial (experiment, seed + k) kept in the first folder that holds it; a warning names both folders."""
-    first: dict[tuple, tuple[Path, int]] = {}
-    kept = []
-    for run in runs:
-        trials = []
+    """Each trial (experiment, seed + k) counted once: the finished copy with the most epochs wins (the first
+    folder on a tie), and a warning names the folders of the copies left out."""
+    copies: dict[tuple, list[tuple[int, int]]] = defaultdict(list)  # trial -> [(run index, k)], in folder order
+    for i, run in enumerate(runs):
         for k in run.trials:
-            trial = (run.experiment, json.dumps(run.trial_seed(k), default=str))
-            if trial in first:
-                folder, j = first[trial]
-                _warn(f"{run.folder}: trial t{k} repeats trial t{j} of {folder} (the same experiment and seed "
-                      f"{shorten(run.trial_seed(k))}); counted once")
-            else:
-                first[trial] = (run.folder, k)
-                trials.append(k)
-        kept.append(replace(run, trials=tuple(trials)))
-    return kept
+            copies[(run.experiment, json.dumps(run.trial_seed(k), default=str))].append((i, k))
+    kept = {i: [] for i in range(len(runs))}
+    for found in copies.values():
+        best = max(found, key=lambda copy: (completion(runs[copy[0]], copy[1]), -found.index(copy)))
+        kept[best[0]].append(best[1])
+        for i, k in (copy for copy in found if copy != best):
+            done, epochs = completion(runs[best[0]], best[1])
+            _warn(f"{runs[i].folder}: trial t{k} repeats trial t{best[1]} of {runs[best[0]].folder} (the same "
+                  f"experiment and seed {shorten(runs[i].trial_seed(k))}); counted once, from the latter "
+                  f"({'finished' if done else 'unfinished'}, {epochs} epochs)")
+    return [replace(run, trials=tuple(sorted(kept[i]))) for i, run in enumerate(runs)]
+
+
+def completion(run: Run, trial: int) -> tuple[bool, int]:
+    """(finished, epochs completed) of a run's trial per its status.json; (False, 0) when it has no entry."""
+    return next(((done, epochs) for k, done, epochs in run.progress if k == trial), (False, 0))
 
 
 def _read_meta(path: Path) -> dict | None:
@@ -224,7 +251,15 @@ def read_run(folder: Path, meta: dict) -> Run:
     key.update(dataset=printable(meta["dataset"]), precision=printable(precision_label(meta)))
     return Run(folder, name, key["dataset"], key["precision"], printable(str(config.get("scheduler", "unknown"))),
                json.dumps(key, sort_keys=True, default=str), _trial_indices(folder, name, config, status),
-               seed=config.get("seed", schema.SCHEMA["seed"].default))
+               seed=config.get("seed", schema.SCHEMA["seed"].default), progress=trial_progress(status))
+
+
+def trial_progress(status: dict[int, dict]) -> tuple:
+    """(trial, finished, epochs completed) of each status.json entry (an unreadable count is 0)."""
+    def epochs(info):
+        value = info.get("epochs_completed", 0)
+        return value if type(value) is int else 0
+    return tuple((k, info.get("state") == "finished", epochs(info)) for k, info in sorted(status.items()))
 
 
 def precision_label(meta: dict) -> str:
@@ -314,7 +349,8 @@ def read_log(path: Path, kind: str, missing_ok: bool = False) -> pd.DataFrame | 
         return _warn(f"skipping {path}: header lacks column(s) {', '.join(missing)}")
     if frame.empty:
         return _warn(f"skipping {path}: header only, no data rows")
-    columns = [*LOG_COLUMNS[kind], *(c for c in OPTIONAL_COLUMNS.get(kind, ()) if c in frame.columns)]
+    optional = eff_columns(frame.columns) if kind == "eff" else OPTIONAL_COLUMNS.get(kind, ())
+    columns = [*LOG_COLUMNS[kind], *(c for c in optional if c in frame.columns)]
     return _valid_rows(frame[columns].apply(pd.to_numeric, errors="coerce"), path)
 
 
@@ -352,7 +388,10 @@ def accuracy_table(runs: Iterable[Run], acc_logs: dict[str, list[TrialLog]] | No
     if not acc_logs:
         raise UserError("no readable acc_<exp>_t<k>.csv log in any experiment folder")
     trials = pd.DataFrame([trial_summary(log) for logs in acc_logs.values() for log in logs])
-    return trials.groupby("experiment", sort=False).agg(**AGGREGATES).reset_index(drop=True)
+    # the columns of the paper's eff CSV, and those of every further conv layer some run has
+    means = {column: (column, "mean") for column in eff_columns(trials.columns)}
+    columns = {**{k: v for k, v in AGGREGATES.items() if k not in EFF_COLUMNS}, **means}
+    return trials.groupby("experiment", sort=False).agg(**columns).reset_index(drop=True)
 
 
 def trial_summary(log: TrialLog) -> dict:
@@ -366,7 +405,7 @@ def trial_summary(log: TrialLog) -> dict:
             "epochs": len(acc), "best": best["test_acc"],
             # test_acc at the first epoch of highest val_acc: the model a validation split would select
             "val_selected": acc.loc[acc["val_acc"].idxmax(), "test_acc"] if "val_acc" in acc else math.nan,
-            **{column: eff_at_best.get(column, math.nan) for column in EFF_COLUMNS}}
+            **{column: eff_at_best.get(column, math.nan) for column in eff_columns(getattr(eff, "columns", ()))}}
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
@@ -398,12 +437,30 @@ def _pm(means: pd.Series, stds: pd.Series) -> list[str]:
     return [f"{m:.2f} ± " + ("n/a" if pd.isna(s) else f"{s:.2f}") for m, s in zip(means, stds)]
 
 
+def _rate_cells(table: pd.DataFrame) -> tuple[str, list[str]]:
+    """(header, cells) of the spike-rate column: each row's conv layers and fc joined by " / ".
+
+    The header names the layers ("spike rate conv1 / conv2 / fc") when every filled row has the same
+    number of conv layers, else it reads "spike rate conv1 / ... / fc" and each row shows its own.
+    """
+    convs = conv_rate_columns(table.columns)
+    cells, counts = [], set()
+    for _, row in table.iterrows():
+        layers = [c for c in convs if not pd.isna(row[c])]
+        filled = bool(layers) and layers == convs[:len(layers)] and not pd.isna(row["rate_fc"])
+        cells.append(" / ".join(_fmt([row[c] for c in [*layers, "rate_fc"]], ".3f")) if filled else "")
+        if filled:
+            counts.add(len(layers))
+    names = [f"conv{i + 1}" for i in range(max(counts))] if len(counts) == 1 else ["conv1", "..."]
+    return "spike rate " + " / ".join([*(names if counts else ["conv1", "conv2"]), "fc"]), cells
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """The table as markdown, two-decimal percentages; setting and efficiency columns only when filled."""
     t = table
     val = [pm + (f" (n={n})" if n < total else "") if n else "" for pm, n, total in
            zip(_pm(t.val_selected_test_acc_mean, t.val_selected_test_acc_std), t.n_val_trials, t.n_trials)]
-    rates = pd.DataFrame({c: _fmt(t[c], ".3f") for c in ("rate_conv1", "rate_conv2", "rate_fc")})
+    rate_header, rate_cells = _rate_cells(t)
     cells = pd.DataFrame({
         "dataset": t.dataset, "precision": t.precision, "scheduler": t.scheduler, "setting": t.setting,
         "trials": t.n_trials.astype(str),
@@ -412,7 +469,7 @@ def to_markdown(table: pd.DataFrame) -> str:
                                         for s in t.best_test_acc_per_trial],
         "max (%)": _fmt(t.test_acc_max, ".2f"), "mean ± std (%)": _pm(t.test_acc_mean, t.test_acc_std),
         "test acc at best val epoch, mean ± std (%)": val,
-        "spike rate conv1 / conv2 / fc": rates.agg(" / ".join, axis=1).where((rates != "").all(axis=1), ""),
+        rate_header: rate_cells,
         "SynOps / sample": _fmt(t.synops, ",.0f"), "weights (KiB)": _fmt(t.weight_kib, ".1f"),
     })
     cells = cells.loc[:, (cells != "").any() | ~cells.columns.isin(["setting", *cells.columns[-3:]])]

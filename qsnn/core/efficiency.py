@@ -2,20 +2,22 @@
 
 The counts come from the spikes of the evaluation's own forward pass (`record=True`), so they
 cost no second pass over the test set. Operations are counted as the fast execution runs the
-network, with each 2x2 average pool folded into its convolution (a stride-2 conv with a 6x6
-kernel, `qsnn.core.models.fold_avg_pool`):
+network, with each s x s average pool folded into its convolution (a stride-s conv with a
+(k+s-1)x(k+s-1) kernel, `qsnn.core.models.fold_avg_pool`; the paper's 5x5 conv and 2x2 pool: 6x6
+at stride 2; pool 1: the conv itself at stride 1), with the conv's own zero padding:
 
-- spike rate: spikes per neuron per time step, over the test set.
-- SynOps (spike-fed layers, i.e. conv2 and fc): every input spike costs one accumulate per
+- spike rate: spikes per neuron per time step, over the test set, for every conv layer and the head.
+- SynOps (spike-fed layers, i.e. conv2..convN and fc): every input spike costs one accumulate per
   connection it really reaches. A spike at input pixel (h, w) of a folded conv reaches
-  out_channels x (number of output windows that cover (h, w)); that count is 9 inside the map
-  and smaller at the borders, and is computed exactly by a transposed conv of a ones output map
-  with the kernel's taps (`conv_fan_out`). A spike into the fc layer reaches every class.
+  out_channels x (number of output windows that cover (h, w)); for the paper's layers that count
+  is 9 inside the map and smaller at the borders, and is computed exactly by a transposed conv of a
+  ones output map with the kernel's taps at the layer's stride and padding (`conv_fan_out`; padded
+  positions hold no spikes). A spike into the fc layer reaches every class.
 - input MACs (first layer, whose input is not spikes): a static image current is one dense
   folded conv per sample (the fast execution computes it once and reuses it at every step);
   event frames (DVS) cost one multiply-accumulate (weight x event count) per nonzero input
   entry and connection it reaches, with the same border rule.
-- weight memory: conv/linear weights at their bit width, BatchNorm weight and bias at 32 bits.
+- weight memory: conv/linear weights at each layer's bit width, BatchNorm weight and bias at 32 bits.
 
 Counts are per test sample over all its time steps. Connections are structural: a weight that
 quantizes to zero still counts, as a dense accelerator would still visit it.
@@ -27,22 +29,31 @@ from torch import nn
 from qsnn import distributed
 from qsnn.core.models import fold_avg_pool, qnn  # brevitas.nn, imported by models without its CPU warning
 
-# Columns of eff_<exp>_t<k>.csv (the trial writes them, qsnn.analysis.results reads them).
-COLUMNS = ("epoch", "rate_conv1", "rate_conv2", "rate_fc", "synops", "synops_conv2", "synops_fc",
-           "input_macs", "weight_kib", "weight_kib_fp32")
-POOL_STRIDE = 2  # the folded 2x2 average pool makes every conv stride 2
+def columns(conv_layers):
+    """Columns of eff_<exp>_t<k>.csv for a network of `conv_layers` conv layers and the head (the trial
+    writes them, qsnn.analysis.results reads them): rate per layer, SynOps in total and per spike-fed layer."""
+    convs = [f"conv{i + 1}" for i in range(conv_layers)]
+    return ("epoch", *(f"rate_{layer}" for layer in convs), "rate_fc", "synops",
+            *(f"synops_{layer}" for layer in convs[1:]), "synops_fc", "input_macs", "weight_kib", "weight_kib_fp32")
 
 
-def folded_taps(conv):
-    """The [k+1, k+1] tap pattern (1 where a weight exists) of a conv with its 2x2 pool folded in."""
+# The paper's two conv layers: the columns of every eff CSV written before the architecture keys existed.
+COLUMNS = columns(2)
+
+
+def folded_taps(conv, pool=2):
+    """The [k+s-1, k+s-1] tap pattern (1 where a weight exists) of a conv with its s x s pool folded in."""
     kernel = torch.ones(1, 1, *conv.kernel_size)
-    return (fold_avg_pool(kernel) != 0).float()
+    return (fold_avg_pool(kernel, pool) != 0).float()
 
 
-def conv_fan_out(conv, in_size, out_size):
-    """Connections per input pixel [H, W] of a pool-folded conv: out_channels x output windows covering it."""
-    taps = folded_taps(conv)
-    covered = F.conv_transpose2d(torch.ones(1, 1, *out_size), taps, stride=POOL_STRIDE)[0, 0]
+def conv_fan_out(conv, in_size, out_size, pool=2):
+    """Connections per input pixel [H, W] of a pool-folded conv (stride = pool, the conv's own padding):
+    out_channels x the output windows covering it."""
+    taps = folded_taps(conv, pool)
+    # With padding p, output window o covers input pixels o*s - p .. o*s - p + K' - 1: the transposed conv
+    # with padding p drops the p padded positions on each side.
+    covered = F.conv_transpose2d(torch.ones(1, 1, *out_size), taps, stride=pool, padding=conv.padding)[0, 0]
     fan_out = torch.zeros(in_size)  # a last row/column that no window reaches stays 0
     fan_out[:covered.shape[0], :covered.shape[1]] = covered
     return fan_out.double() * conv.out_channels
@@ -71,6 +82,11 @@ def weight_memory_kib(model):
 class EfficiencyMeter:
     """Accumulates spike counts of one test pass of a QSNN and turns them into the eff CSV row."""
 
+    @staticmethod
+    def columns(model):
+        """The eff CSV header of a QSNN: its real conv layers, then the head (see `columns`)."""
+        return columns(len(model.blocks))
+
     def __init__(self, model):
         self.model = model
         self.totals = None  # float64 on the device: spikes per layer, synops per layer, input MACs
@@ -94,11 +110,12 @@ class EfficiencyMeter:
         self.shapes = (steps, [spk.shape[2:] for spk, _ in layers])
 
     def _fan_out_maps(self, x, layers):
-        """Connections per input entry of each layer: conv1 (for events), conv2, fc."""
+        """Connections per input entry of each layer: conv1 (for events), conv2 .. convN, fc."""
         blocks = self.model.blocks
-        maps = [conv_fan_out(blocks[0].conv, x.shape[-2:], layers[0][0].shape[-2:])]
+        maps = [conv_fan_out(blocks[0].conv, x.shape[-2:], layers[0][0].shape[-2:], blocks[0].pool_size)]
         for i in range(1, len(blocks)):
-            maps.append(conv_fan_out(blocks[i].conv, layers[i - 1][0].shape[-2:], layers[i][0].shape[-2:]))
+            maps.append(conv_fan_out(blocks[i].conv, layers[i - 1][0].shape[-2:], layers[i][0].shape[-2:],
+                                     blocks[i].pool_size))
         maps.append(torch.tensor(float(self.model.head.fc.out_features), dtype=torch.float64))
         return [m.to(layers[0][0].device) for m in maps]
 
@@ -116,7 +133,7 @@ class EfficiencyMeter:
         self.samples, self.totals = values[0], torch.tensor(values[1:], dtype=torch.float64)
 
     def row(self):
-        """The eff CSV values after "epoch", per test sample (see COLUMNS)."""
+        """The eff CSV values after "epoch", per test sample (see `EfficiencyMeter.columns`)."""
         steps, neuron_shapes = self.shapes
         layers = len(neuron_shapes)
         totals = (self.totals.cpu() / self.samples).tolist()
@@ -124,6 +141,7 @@ class EfficiencyMeter:
         synops = totals[layers:2 * layers - 1]
         input_macs = totals[-1]
         if self.static_input:
-            conv = self.model.blocks[0].conv
-            input_macs = neuron_shapes[0].numel() * conv.in_channels * folded_taps(conv).sum().item()
+            block = self.model.blocks[0]
+            taps = folded_taps(block.conv, block.pool_size).sum().item()
+            input_macs = neuron_shapes[0].numel() * block.conv.in_channels * taps
         return (*rates, sum(synops), *synops, input_macs, *weight_memory_kib(self.model))

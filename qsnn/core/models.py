@@ -1,14 +1,18 @@
 """The paper's quantized spiking networks, with a reference and a fast execution of the same maths.
 
-Every layer is `conv (no bias) -> 2x2 avg-pool -> BatchNorm (optional) -> LIF`, and the head is
-`flatten -> linear (no bias) -> dropout -> LIF`. Tensors are time-first: `[T, B, C, H, W]`.
+Every conv layer is `conv (no bias, zero padding p) -> s x s avg-pool -> BatchNorm (optional) -> LIF`
+and the head is `flatten -> linear (no bias) -> dropout -> LIF`. The paper's networks have two conv
+layers with 5x5 kernels, no padding and 2x2 pools; the config keys conv_channels, kernel_size,
+padding, pool and a per-layer num_bits describe others (`conv_layers`, `map_sizes`). Tensors are
+time-first: `[T, B, C, H, W]`.
 
 - reference: the paper's formulation. Each layer module is called once per time step, so
   Brevitas re-quantizes the weights and BatchNorm updates its running statistics T times.
 - fast: the layers run one after the other over all time steps (SpikingJelly's multi-step
-  mode). Weights are quantized once per forward, each 2x2 average pool is folded into its
-  convolution (a stride-2 conv with a 6x6 kernel), a static input's first layer is computed
-  once, and the LIF recurrence runs in one autograd Function (`qsnn.core.neurons`).
+  mode). Weights are quantized once per forward, each s x s average pool is folded into its
+  convolution (a stride-s conv with a (k+s-1)x(k+s-1) kernel: 6x6 at stride 2 for the paper's),
+  a static input's first layer is computed once, and the LIF recurrence runs in one autograd
+  Function (`qsnn.core.neurons`).
 
 With `state_bits`, both executions quantize every membrane after each update to the levels of
 snnTorch's `state_quant` (the reference through `snn.Leaky(state_quant=...)`).
@@ -28,17 +32,20 @@ from snntorch import surrogate
 from torch import nn
 
 from qsnn.errors import UserError
+from qsnn.core.geometry import (ARCHITECTURE_DEFAULTS, architecture, config_layers, conv_layers,  # noqa: F401
+                                geometry_problem, layer_bits, map_sizes, per_layer)  # (re-exported)
 from qsnn.core.neurons import lif_sequence, snntorch_state_quant, state_levels
 
-def quant_layer(kind, *args, num_bits):
+
+def quant_layer(kind, *args, num_bits, **kwargs):
     """A bias-free Conv2d/Linear: plain float when num_bits is None, else Brevitas-quantized weights."""
     plain, quant = {"conv": (nn.Conv2d, qnn.QuantConv2d), "linear": (nn.Linear, qnn.QuantLinear)}[kind]
     if num_bits is None:
-        return plain(*args, bias=False)
+        return plain(*args, bias=False, **kwargs)
     if num_bits == 1:
         # Brevitas' default integer quantizer divides by 2^(b-1) - 1 = 0 at one bit (NaN weights).
-        return quant(*args, bias=False, weight_quant=SignedBinaryWeightPerTensorConst)
-    return quant(*args, bias=False, weight_bit_width=num_bits)
+        return quant(*args, bias=False, weight_quant=SignedBinaryWeightPerTensorConst, **kwargs)
+    return quant(*args, bias=False, weight_bit_width=num_bits, **kwargs)
 
 
 def effective_weight(layer):
@@ -69,10 +76,16 @@ def weight_codes(layer):
     return codes, scale, bits
 
 
-def fold_avg_pool(weight):
-    """Kernel K' such that conv(x, K', stride 2) == avg_pool2x2(conv(x, K)): K correlated with a 2x2 box of 1/4."""
-    shifted = [F.pad(weight, (left, 1 - left, top, 1 - top)) for top in (0, 1) for left in (0, 1)]
-    return (shifted[0] + shifted[1] + shifted[2] + shifted[3]) / 4
+def fold_avg_pool(weight, pool=2):
+    """Kernel K' with conv(x, K', stride s) == avg_pool_s(conv(x, K)): K correlated with an s x s box of 1/s^2.
+
+    The padding of the conv stays as it is (it pads the input of both). pool 1 is K itself.
+    """
+    if pool == 1:
+        return weight
+    last = pool - 1
+    shifted = [F.pad(weight, (left, last - left, top, last - top)) for top in range(pool) for left in range(pool)]
+    return sum(shifted[1:], shifted[0]) / pool**2
 
 
 def batch_norm_static(x, bn, num_steps):
@@ -120,12 +133,15 @@ def _update_running_stats(bn, means, variances):
 
 
 class SpikingConvBlock(nn.Module):
-    """conv 5x5 (no bias) -> avg-pool 2x2 -> BatchNorm (optional) -> LIF."""
+    """conv k x k (no bias, zero padding) -> avg-pool s x s (none for s = 1) -> BatchNorm (optional) -> LIF."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, num_bits, batch_norm, neuron, levels=None):
+    def __init__(self, in_channels, out_channels, kernel_size, num_bits, batch_norm, neuron, levels=None,
+                 padding=0, pool=2):
         super().__init__()
-        self.conv = quant_layer("conv", in_channels, out_channels, kernel_size, num_bits=num_bits)
-        self.pool = nn.AvgPool2d(2)
+        self.conv = quant_layer("conv", in_channels, out_channels, kernel_size, num_bits=num_bits,
+                                padding=padding)
+        self.padding, self.pool_size = padding, pool
+        self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
         self.bn = nn.BatchNorm2d(out_channels) if batch_norm else None
         self.lif = snn.Leaky(**neuron)
         self.register_buffer("state_levels", levels, persistent=False)  # membrane levels, or None
@@ -137,26 +153,32 @@ class SpikingConvBlock(nn.Module):
             current = self.bn(current)
         return self.lif(current, mem)
 
+    def pooled_current(self, x, time_chunk=0):
+        """Fast: conv then pool as one strided conv (the pool folded in), for a static x [B, C, H, W]
+        (one map) or every step of x [T, B, C, H, W]; what the BatchNorm then normalises."""
+        weight = fold_avg_pool(effective_weight(self.conv), self.pool_size)
+        if x.dim() == 4:
+            return F.conv2d(x, weight, stride=self.pool_size, padding=self.padding)
+        return conv_over_time(x, weight, time_chunk, self.pool_size, self.padding)
+
     def run(self, x, slope, num_steps=None, time_chunk=0):
         """Fast: all steps of x [T, B, C, H, W], or of a static x [B, C, H, W] repeated num_steps times."""
-        weight = fold_avg_pool(effective_weight(self.conv))
-        if num_steps is not None:
-            current = F.conv2d(x, weight, stride=2)
-            if self.bn is not None:
+        current = self.pooled_current(x, time_chunk)
+        if self.bn is not None:
+            if num_steps is not None:
                 current = batch_norm_static(current, self.bn, num_steps)
-        else:
-            current = conv_over_time(x, weight, time_chunk)
-            if self.bn is not None:
+            else:
                 current = batch_norm_over_time(current, self.bn)
         return lif_sequence(current, self.lif.beta, self.lif.threshold, slope, num_steps, self.state_levels)
 
 
-def conv_over_time(x, weight, time_chunk):
-    """Stride-2 conv of every step of x [T, B, C, H, W], time_chunk steps per call (0: all at once)."""
+def conv_over_time(x, weight, time_chunk, stride=2, padding=0):
+    """Conv (stride 2: the paper's folded pool) of every step of x [T, B, C, H, W], time_chunk steps per call
+    (0: all at once)."""
     steps = x.shape[0]
     chunk = steps if time_chunk <= 0 else time_chunk
     # unbind/split give views; indexing x[t] inside autograd would cost a full-size gradient per step.
-    outputs = [F.conv2d(part.flatten(0, 1), weight, stride=2).unflatten(0, part.shape[:2])
+    outputs = [F.conv2d(part.flatten(0, 1), weight, stride=stride, padding=padding).unflatten(0, part.shape[:2])
                for part in x.split(chunk, dim=0)]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
 
@@ -182,12 +204,21 @@ class SpikingHead(nn.Module):
 
 
 class QSNN(nn.Module):
-    """Two spiking conv blocks and a spiking linear head, with reference and fast executions."""
+    """Spiking conv blocks (the paper's: two) and a spiking linear head, with reference and fast executions.
+
+    kernel_size, padding and pool take one value for every conv layer or a list with one per layer;
+    num_bits one value (None: float) for every layer or a list: each conv layer's, then the head's.
+    """
 
     def __init__(self, in_channels, channels, input_size, num_classes, num_bits=4, beta=0.9,
                  threshold=1.0, slope=25.0, dropout=0.0, batch_norm=True, kernel_size=5,
-                 execution="fast", time_chunk=0, state_bits=None):
+                 execution="fast", time_chunk=0, state_bits=None, padding=0, pool=2):
         super().__init__()
+        layers = conv_layers(channels, kernel_size, padding, pool)
+        problem = geometry_problem(input_size, layers)
+        if problem:
+            raise UserError(problem)
+        bits = layer_bits(num_bits, len(layers))
         self.slope = slope  # the one copy: the fast LIF's backward and the reference's surrogate both use it
         self.spike_grad = surrogate.fast_sigmoid(slope=slope)
         neuron = dict(beta=beta, threshold=threshold, spike_grad=self.spike_grad)
@@ -195,14 +226,14 @@ class QSNN(nn.Module):
         if state_bits is not None:  # the reference quantizes with snnTorch, the fast one with its levels
             neuron["state_quant"] = snntorch_state_quant(state_bits, threshold)
             levels = state_levels(state_bits, threshold)
-        side = input_size
         blocks, width = [], in_channels
-        for out in channels:
-            blocks.append(SpikingConvBlock(width, out, kernel_size, num_bits, batch_norm, neuron,
-                                           None if levels is None else levels.clone()))
-            side, width = (side - kernel_size + 1) // 2, out
+        for (out, kernel, pad, pool_size), block_bits in zip(layers, bits):
+            blocks.append(SpikingConvBlock(width, out, kernel, block_bits, batch_norm, neuron,
+                                           None if levels is None else levels.clone(), pad, pool_size))
+            width = out
+        side = map_sizes(input_size, layers)[-1][1] if layers else input_size
         self.blocks = nn.ModuleList(blocks)
-        self.head = SpikingHead(width * side * side, num_classes, num_bits, dropout, neuron, levels)
+        self.head = SpikingHead(width * side * side, num_classes, bits[-1], dropout, neuron, levels)
         self.execution = execution
         self.time_chunk = time_chunk
 
@@ -261,20 +292,11 @@ class QSNN(nn.Module):
         return problems
 
 
-def architecture(dataset):
-    """QSNN's size arguments for a registry entry: input channels and side, conv channels, classes."""
-    channels, height, width = dataset.shape
-    if height != width:
-        raise UserError(f"dataset {dataset.name}: the network takes square inputs, not {height}x{width}")
-    return dict(in_channels=channels, channels=tuple(dataset.channels), input_size=height,
-                num_classes=dataset.num_classes)
-
-
 def build_model(cfg):
     """The network that a config dict describes, its input and output sizes from the dataset registry."""
     from qsnn.data import registry  # the data layer sits above the core: asked only when a config names a dataset
 
-    return QSNN(**architecture(registry.get(cfg["dataset"])), num_bits=cfg["num_bits"], beta=cfg["beta"],
+    return QSNN(**architecture(registry.get(cfg["dataset"]), cfg), num_bits=cfg["num_bits"], beta=cfg["beta"],
                 threshold=cfg["threshold"], slope=cfg["slope"], dropout=cfg["dropout"],
                 batch_norm=cfg["batch_norm"], execution=cfg["execution"],
                 time_chunk=cfg["time_chunk"], state_bits=cfg.get("state_bits"))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qsnn.deploy.runtime import (ARRAY_KEYS, FORMAT, INPUT_KINDS, LAYER_KINDS, SHIFT_LIMITS, VERSION, WIDTH_OPTIONS,
-                                 Bundle, overflows_int64, pool_folded_kernel, width_problem)
+from qsnn.deploy.runtime import (ARRAY_KEYS, FORMAT, INPUT_KINDS, LAYER_KINDS, MAX_PADDING, MAX_POOL,
+                                 READABLE_VERSIONS, SHIFT_LIMITS, WIDTH_OPTIONS, Bundle, layer_pool,
+                                 overflows_int64, pool_folded_kernel, upgrade_meta, width_problem)
 from qsnn.errors import UserError, shorten
 from qsnn.files import atomic_path, write_text
 
@@ -39,9 +40,9 @@ def load_bundle(path):
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"cannot read the bundle {npz_path.with_suffix('')}.{{npz,json}} "
                         f"({type(e).__name__}: {shorten(str(e))})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise UserError(f"{json_path} is not a {FORMAT} version {VERSION} file")
-    bundle = Bundle(meta, arrays)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") not in READABLE_VERSIONS:
+        raise UserError(f"{json_path} is not a {FORMAT} version {' or '.join(map(str, READABLE_VERSIONS))} file")
+    bundle = Bundle(upgrade_meta(meta), arrays)  # a version-1 bundle reads as version 2
     BundleCheck(json_path, npz_path).check(bundle)
     return bundle
 
@@ -170,8 +171,10 @@ class BundleCheck:
         kind = self.choice(layer, "kind", LAYER_KINDS, where)
         if kind == "conv" and i == count - 1:
             self.fail(f"{where}kind", "is conv in the last layer; the last layer must be linear (the classes)")
-        pool = self.choice(layer, "pool", (True, False) if kind == "conv" else (False,), where)
-        self.integer(layer, "stride", 2 if pool else 1, 2 if pool else 1, where)
+        # a conv's pool size (1: none) is its stride; a linear layer has neither pool nor padding
+        pool = self.integer(layer, "pool", 1, MAX_POOL if kind == "conv" else 1, where)
+        self.integer(layer, "stride", pool, pool, where)
+        self.integer(layer, "padding", 0, MAX_PADDING if kind == "conv" else 0, where)
         self.integer(layer, "weight_bits", 1, 16, where)
         self.number(layer, "input_scale", where, positive=True)
         for key in ("weight_scale", "membrane_unit"):
@@ -217,7 +220,7 @@ class BundleCheck:
             if values.min() < low or values.max() > high:
                 self.fail(repr(names[key]), f"spans {values.min()}..{values.max()}; layer {i} allows {low}..{high}",
                           in_npz=True)
-        kernel = pool_folded_kernel(weight) if layer["pool"] else weight
+        kernel = pool_folded_kernel(weight, layer_pool(layer))
         if overflows_int64(kernel, bundle.max_input() if i == 0 else 1, arrays["shift"], arrays["bias"],
                            meta["membrane_bits"]):
             self.fail(repr(names["bias"]), f"(or the weights and shifts of layer {i}) could overflow the "

@@ -42,13 +42,15 @@ def layer_specs(model, input_info):
     """The real description of each layer (integer codes and float64 scales, gains, offsets) of a QSNN."""
     max_code = input_info["max_code"] if input_info["max_code"] is not None else EVENT_COUNT_LIMIT
     specs, scale, max_input = [], input_info["scale"], max_code
-    modules = [(block.conv, block.bn, True, "conv") for block in model.blocks]
-    modules.append((model.head.fc, None, False, "linear"))
-    for layer, bn, pool, kind in modules:
+    # each conv layer's own pool size (1: none) and zero padding, as the network runs them
+    modules = [(block.conv, block.bn, block.pool_size, block.padding, "conv") for block in model.blocks]
+    modules.append((model.head.fc, None, 1, 0, "linear"))
+    for layer, bn, pool, padding, kind in modules:
         codes, weight_scale, bits = weight_codes(layer)
         gain, offset = batch_norm_affine(bn, len(codes))
-        specs.append({"kind": kind, "pool": pool, "codes": codes, "bits": bits, "weight_scale": weight_scale,
-                      "input_scale": scale, "max_input": max_input, "gain": gain, "offset": offset})
+        specs.append({"kind": kind, "pool": int(pool), "padding": int(padding), "codes": codes, "bits": bits,
+                      "weight_scale": weight_scale, "input_scale": scale, "max_input": max_input, "gain": gain,
+                      "offset": offset})
         scale, max_input = 1.0, 1  # later layers take 0/1 spikes
     return specs
 
@@ -86,7 +88,8 @@ def check_supported_config(cfg):
     unknown = sorted(k for k in set(cfg) - known_config_keys() if cfg[k] not in (None, False))
     if unknown:
         raise UserError(f"config key(s) {', '.join(unknown)} are not implemented by the integer export")
-    if cfg.get("num_bits") is None:
+    bits = cfg.get("num_bits")
+    if bits is None or (isinstance(bits, list) and None in bits):
         raise UserError("full-precision weights (num_bits None) have no integer codes; the integer export "
                         "needs a quantized network (num_bits 1..16)")
 

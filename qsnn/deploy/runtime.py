@@ -2,21 +2,26 @@
 bundles from checkpoints and compares them with PyTorch).
 
 A bundle is `NAME.npz` (integer arrays) plus `NAME.json` (layout and scalars); running it needs only NumPy.
-Every layer l (conv 1, conv 2, head) keeps, per output channel c, an integer membrane M in its own unit
+Every layer l (conv 1 .. conv N, head) keeps, per output channel c, an integer membrane M in its own unit
 u[c] (a real value per integer step). Its input x is integer: pixel codes (0..255), event counts, or the
-previous layer's 0/1 spikes. With W = membrane_bits, b = beta_shift, B = beta_multiplier:
+previous layer's 0/1 spikes; a conv layer pads it with `padding` zeros. With W = membrane_bits,
+b = beta_shift, B = beta_multiplier:
 
-    A_t[c] = sum_k K[c, k] x_t[k]                            integer weights, 2x2 pool as an integer box sum
+    A_t[c] = sum_k K[c, k] x_t[k]                            integer weights, s x s pool as an integer box sum
     C_t[c] = shift(A_t[c], F[c]) + H[c]                      F >= 0: A * 2^F;  F < 0: floor(A / 2^-F + 1/2)
     M_t[c] = sat(floor((B M_{t-1}[c] + 2^(b-1)) / 2^b) + C_t[c] - theta[c] S_{t-1}[c])
     S_t[c] = [M_t[c] > theta[c]]                             M and S are 0 before the first step
 
 sat clips to [-2^(W-1), 2^(W-1) - 1]. This is snnTorch's Leaky (reset by subtraction with the previous
 step's spike) on mem = u[c] M, with u[c] = |g[c]| a / 2^F[c]: a is the real value of one accumulator step
-(weight scale x input scale, / 4 with the folded pool), g[c] the BatchNorm scale gamma / sqrt(var + eps).
+(weight scale x input scale, / s^2 with a folded s x s pool), g[c] the BatchNorm scale gamma / sqrt(var + eps).
 Channels with g[c] < 0 have their weights negated (sign folded into K), which keeps "mem > thr" as
 "M > theta" with theta = thr / u[c] > 0. Rounding (to nearest, NumPy rint): theta, H = h / u (the BatchNorm
 shift h = beta_bn - g mean), B = beta 2^b; the decay and negative shifts round half up.
+
+Version 2 gives each layer's `pool` as its size s (1: none; a conv's stride is s) and its `padding`;
+a version-1 bundle (the paper's layers: `pool` true for a 2x2 pool, no padding) reads as version 2
+(`upgrade_meta`).
 """
 from dataclasses import dataclass
 
@@ -25,7 +30,9 @@ import numpy as np
 from qsnn.errors import UserError, shorten
 
 FORMAT = "qsnn-integer-bundle"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: pool true/false (2x2 or none), no padding
+MAX_POOL = MAX_PADDING = 1024  # far beyond any network's, a bound for values read back
 SHIFT_LIMITS = (-40, 30)  # F beyond these only shifts every current to zero or to saturation
 INT64_BUDGET = 2 ** 62  # every intermediate of the recurrence stays below this in magnitude
 EVENT_COUNT_LIMIT = 2 ** 15 - 1  # the largest event count per pixel and step the int64 budget is sized for
@@ -69,7 +76,7 @@ def channel_units(gain, step_value, threshold, membrane_bits, headroom_bits):
 
 def integer_layer(spec, threshold, membrane_bits, headroom_bits):
     """The integer arrays of one layer from its real description (see `layer_specs`)."""
-    step_value = spec["weight_scale"] * spec["input_scale"] / (4.0 if spec["pool"] else 1.0)
+    step_value = spec["weight_scale"] * spec["input_scale"] / float(spec["pool"]) ** 2
     gain, offset = spec["gain"], spec["offset"]
     shift, unit = channel_units(gain, step_value, threshold, membrane_bits, headroom_bits)
     sign = np.where(gain < 0, -1, np.where(gain > 0, 1, 0))
@@ -78,8 +85,7 @@ def integer_layer(spec, threshold, membrane_bits, headroom_bits):
     limit = 2 ** (membrane_bits - 1) - 1
     theta = np.minimum(np.rint(threshold / unit), limit).astype(np.int64)
     bias = np.rint(offset / unit).astype(np.int64)
-    if overflows_int64(weight if not spec["pool"] else pool_folded_kernel(weight), spec["max_input"],
-                       shift, bias, membrane_bits):
+    if overflows_int64(pool_folded_kernel(weight, spec["pool"]), spec["max_input"], shift, bias, membrane_bits):
         raise UserError("the integer currents of this network could overflow int64 (a BatchNorm scale or "
                         "bias far out of range); export with a smaller --membrane_bits")
     dtype = np.int8 if np.abs(weight).max(initial=0) <= 127 else np.int16
@@ -95,10 +101,16 @@ def overflows_int64(kernel, max_input, shift, bias, membrane_bits):
     return bool(worst.max(initial=0) >= INT64_BUDGET)
 
 
-def pool_folded_kernel(codes):
-    """The integer kernel of conv followed by a 2x2 sum-pool as one stride-2 conv: a 2x2 box sum, one larger."""
-    padded = np.pad(codes.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    return padded[..., 1:, 1:] + padded[..., :-1, 1:] + padded[..., 1:, :-1] + padded[..., :-1, :-1]
+def pool_folded_kernel(codes, pool=2):
+    """The integer kernel of conv followed by an s x s sum-pool as one stride-s conv: an s x s box sum, s - 1
+    larger (pool 1: the codes themselves; linear layers' codes pass through)."""
+    codes = codes.astype(np.int64)
+    if pool == 1 or codes.ndim != 4:
+        return codes
+    last = pool - 1
+    padded = np.pad(codes, ((0, 0), (0, 0), (last, last), (last, last)))
+    height, width = codes.shape[2] + last, codes.shape[3] + last
+    return sum(padded[..., top:top + height, left:left + width] for top in range(pool) for left in range(pool))
 
 
 def beta_fixed_point(beta, beta_shift):
@@ -114,7 +126,7 @@ def build_bundle(specs, neuron, input_info, membrane_bits, headroom_bits, beta_s
         integer, unit = integer_layer(spec, float(neuron["threshold"]), membrane_bits, headroom_bits)
         names = {key: f"layer{i}.{key}" for key in integer}
         arrays.update({names[key]: value for key, value in integer.items()})
-        layers.append({"kind": spec["kind"], "pool": spec["pool"], "stride": 2 if spec["pool"] else 1,
+        layers.append({"kind": spec["kind"], "pool": spec["pool"], "stride": spec["pool"], "padding": spec["padding"],
                        "weight_bits": spec["bits"], "weight_scale": spec["weight_scale"].tolist(),
                        "input_scale": spec["input_scale"], "membrane_unit": unit.tolist(), "arrays": names})
     meta = {"format": FORMAT, "version": VERSION, "membrane_bits": membrane_bits,
@@ -122,6 +134,24 @@ def build_bundle(specs, neuron, input_info, membrane_bits, headroom_bits, beta_s
             "beta_multiplier": beta_fixed_point(neuron["beta"], beta_shift), "beta_shift": beta_shift,
             "input": input_info, "layers": layers, **(extra_meta or {})}
     return Bundle(meta, arrays)
+
+
+def upgrade_meta(meta):
+    """A version-1 bundle's metadata as version 2 (pool true -> 2, false -> 1; padding 0); others unchanged.
+
+    Values of the wrong kind stay as they are, for the bundle check to name.
+    """
+    if not isinstance(meta, dict) or meta.get("version") != 1 or not isinstance(meta.get("layers"), list):
+        return meta
+    layers = []
+    for layer in meta["layers"]:
+        if isinstance(layer, dict):
+            layer = dict(layer)
+            if isinstance(layer.get("pool"), bool):
+                layer["pool"] = 2 if layer["pool"] else 1
+            layer.setdefault("padding", 0)
+        layers.append(layer)
+    return {**meta, "version": VERSION, "layers": layers}
 
 
 def width_problem(membrane_bits, headroom_bits, beta_shift):
@@ -147,8 +177,11 @@ def check_widths(membrane_bits, headroom_bits, beta_shift, membrane_option="--me
 
 # ---------------------------------------------------------------- the integer runtime (NumPy only)
 
-def conv2d_int(x, kernel, stride):
-    """Integer valid convolution (cross-correlation) of x [N, C, H, W] with kernel [O, C, k, k]; int64."""
+def conv2d_int(x, kernel, stride, padding=0):
+    """Integer convolution (cross-correlation) of x [N, C, H, W], zero-padded by `padding`, with kernel
+    [O, C, k, k]; int64."""
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     windows = np.lib.stride_tricks.sliding_window_view(x, kernel.shape[2:], axis=(2, 3))
     windows = windows[:, :, ::stride, ::stride].astype(np.int64)
     return np.tensordot(windows, kernel.astype(np.int64), axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
@@ -158,8 +191,13 @@ def accumulate(layer, weight, x):
     """A = integer weights times integer inputs x [N, ...] for one layer; int64 [N, O, ...]."""
     if layer["kind"] == "linear":
         return x.reshape(len(x), -1).astype(np.int64) @ weight.astype(np.int64).T
-    kernel = pool_folded_kernel(weight) if layer["pool"] else weight
-    return conv2d_int(x, kernel, layer["stride"])
+    return conv2d_int(x, pool_folded_kernel(weight, layer_pool(layer)), layer["stride"], layer.get("padding", 0))
+
+
+def layer_pool(layer):
+    """The pool size s of a layer's metadata (version 1's true / false: 2 / 1)."""
+    pool = layer["pool"]
+    return (2 if pool else 1) if isinstance(pool, bool) else pool
 
 
 def channel_view(values, ndim):
@@ -312,9 +350,10 @@ def check_sample_shape(bundle, sample, shape):
 
 
 def conv_output_size(layer, weight, size):
-    """(O, H', W') of a conv layer (pool folded as stride 2) on a (C, H, W) input; H', W' < 1 if too small."""
-    kernel = np.array(weight.shape[2:]) + (1 if layer["pool"] else 0)
-    spatial = (np.array(size[1:]) - kernel) // layer["stride"] + 1
+    """(O, H', W') of a conv layer (pool s folded as stride s, with its padding) on a (C, H, W) input; H', W' < 1
+    if too small."""
+    kernel = np.array(weight.shape[2:]) + layer_pool(layer) - 1
+    spatial = (np.array(size[1:]) + 2 * layer.get("padding", 0) - kernel) // layer["stride"] + 1
     return (weight.shape[0], *(int(n) for n in spatial))
 
 

@@ -16,7 +16,8 @@ from qsnn.errors import UserError, cut, shorten
 
 from qsnn.paths import resolve_path
 
-from qsnn.runs.schema import CHOICES, EPOCHS_TWINS, NULLABLE, RESUMABLE_KEYS, SCHEMA, complete  # noqa: F401 (re-exported)
+from qsnn.runs.schema import (CHOICES, EPOCHS_TWINS, LAYER_KEYS, NULLABLE, RESUMABLE_KEYS, SCHEMA,  # noqa: F401
+                              complete)  # (re-exported)
 
 FLAGS = {
     "--demo": "run the short offline demo preset (scikit-learn digits) instead of the full experiment",
@@ -79,21 +80,47 @@ def value_type(key, default):
     return SCHEMA[key].type if key in SCHEMA else type(default)
 
 
+LAYER_EXAMPLES = {"conv_channels": "16,32,64", "kernel_size": "5,3,3", "padding": "0,1,1", "pool": "2,2,1",
+                  "num_bits": "8,4,4,4"}  # a per-layer value of each, for messages
+
+
 def type_text(key, default):
-    """The type a key's values have, in words: e.g. 'int or None'."""
-    return value_type(key, default).__name__ + (" or None" if key in NULLABLE else "")
+    """The type a key's values have, in words: e.g. 'int or None', 'int or a list of ints (e.g. 5,3,3)'."""
+    name = value_type(key, default).__name__
+    form = LAYER_KEYS.get(key)
+    if form == "list":
+        name = f"a list of {name}s, one per conv layer (e.g. {LAYER_EXAMPLES.get(key, '16,32,64')})"
+    elif form == "per_layer":
+        name = f"{name} or a list of {name}s, one per layer (e.g. {LAYER_EXAMPLES.get(key, '5,3,3')})"
+    return name + (" or None" if key in NULLABLE else "")
 
 
 def check_type(key, value, default):
-    """Return value if it has the key's schema type (else the default's; ints promote to floats), else raise UserError."""
+    """Return value if it has the key's schema type (else the default's; ints promote to floats), else raise UserError.
+
+    A per-layer key (schema LAYER_KEYS) also takes a list (or tuple) of such values, returned as a list; a key
+    that is always a list ("list") takes a single value as a list of one.
+    """
     wanted = value_type(key, default)
     if value is None and key in NULLABLE:
         return None
+    form = LAYER_KEYS.get(key)
+    if form and isinstance(value, (list, tuple)):
+        values = [_one_value(wanted, v) for v in value]
+        if values and all(v is not None for v in values):
+            return values
+    else:
+        one = _one_value(wanted, value)
+        if one is not None:
+            return [one] if form == "list" else one
+    raise UserError(f"--{key} expects {type_text(key, default)}, got {shorten(value)}")
+
+
+def _one_value(wanted, value):
+    """value as the type wanted (an int promoted to float), or None if it is not one."""
     if wanted is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if type(value) is wanted:
-        return value
-    raise UserError(f"--{key} expects {type_text(key, default)}, got {shorten(value)}")
+    return value if type(value) is wanted else None
 
 
 def split_argv(argv):
@@ -149,6 +176,12 @@ def parse_args(defaults, argv, demo=None):
         except UserError as e:
             raise UserError(f"{e}; valid keys: {', '.join(defaults)}") from None
     check_one_period_form(cfg, {name for name, _ in pairs})
+    for key in LAYER_KEYS:  # a run.py's tuple or single conv_channels value: a list, as config.json keeps it
+        if key in cfg:
+            try:
+                cfg[key] = check_type(key, cfg[key], defaults[key])
+            except UserError:
+                pass  # validate names the problem
     return cfg, flags
 
 
@@ -188,8 +221,12 @@ def read_config_file(path, defaults):
 
 
 def precision_name(num_bits):
-    """'fp32' for the full-precision network, else e.g. '4bit' (run folder names, result tables)."""
-    return "fp32" if num_bits is None else f"{num_bits}bit"
+    """'fp32' for the full-precision network, else e.g. '4bit', or '8-4-4bit' per layer (run folder names, tables)."""
+    if num_bits is None:
+        return "fp32"
+    if isinstance(num_bits, (list, tuple)):
+        return "-".join(map(str, num_bits)) + "bit"
+    return f"{num_bits}bit"
 
 
 def validate(cfg, datasets=None):
@@ -201,12 +238,14 @@ def validate(cfg, datasets=None):
                 if isinstance(v, float) and not math.isfinite(v)]
     if problems:  # inf and nan would make every range check below misleading
         raise UserError("\n".join(problems))
-    if datasets is not None and cfg.get("dataset") not in datasets:
+    if datasets is not None and cfg.get("dataset") not in datasets and cfg.get("dataset") in CHOICES["dataset"]:
+        # (an unknown name is reported once, below, with the registered names)
         problems.append(f"--dataset {cfg.get('dataset')!r} is not for this run.py; it runs "
                         f"{' or '.join(datasets)} (use that dataset's own run.py)")
     problems += [problem for key in cfg if key in SCHEMA and (problem := value_problem(key, cfg[key]))]
     if problems:  # the cross-key checks below compare values of the right kinds
         raise UserError("\n".join(problems))
+    problems += architecture_problems(cfg)
     floored = ("cosine", "cosine_restarts", "warmup_cosine")
     if cfg.get("scheduler") in floored and 0 < cfg["lr"] < cfg.get("eta_min", 0):
         problems.append(f"--eta_min {cfg['eta_min']!r} is not allowed; it must not exceed lr ({cfg['lr']!r})")
@@ -232,6 +271,40 @@ def validate(cfg, datasets=None):
         problems.append(output_problem)
     if problems:
         raise UserError("\n".join(problems))
+
+
+def architecture_problems(cfg):
+    """Lines saying why the conv layers a config describes cannot be built: per-layer lists of the wrong
+    length, or a map that shrinks to nothing (qsnn.core.geometry, the sizes the network itself uses)."""
+    from qsnn.core.geometry import config_layers, geometry_problem
+    from qsnn.data import registry
+
+    if cfg.get("dataset") not in registry.NAMES:
+        return []  # the dataset's own check says why
+    dataset = registry.get(cfg["dataset"])
+    channels = cfg.get("conv_channels")
+    if isinstance(channels, int):
+        channels = [channels]
+    count = len(channels) if channels is not None else len(dataset.channels)
+    where = (f"conv_channels has {count} layers" if channels is not None else f"the network has {count} conv "
+             f"layers (conv_channels None: {dataset.name}'s {', '.join(map(str, dataset.channels))})")
+    problems = []
+    for key in ("kernel_size", "padding", "pool"):
+        value = cfg.get(key, SCHEMA[key].default)
+        if isinstance(value, (list, tuple)) and len(value) != count:
+            problems.append(f"--{key} has {len(value)} values but {where}; give one value or {count}")
+    bits = cfg.get("num_bits", SCHEMA["num_bits"].default)
+    if isinstance(bits, (list, tuple)) and len(bits) != count + 1:
+        problems.append(f"--num_bits has {len(bits)} values but the network has {count + 1} weight layers "
+                        f"({count} conv layers, then the head); give one value or {count + 1}")
+    if problems:
+        return problems
+    try:
+        input_size, layers = config_layers(dataset, cfg)
+    except UserError as e:  # a dataset whose inputs are not square
+        return [str(e)]
+    problem = geometry_problem(input_size, layers)
+    return [f"the network does not fit {dataset.name} inputs: {problem}"] if problem else []
 
 
 def value_problem(key, value):

@@ -28,15 +28,18 @@ COPIES = {"train": {"fast": 5, "reference": 10}, "eval": 3}
 
 
 def neurons_per_step(cfg):
-    """Neurons of all layers for one sample and time step, and the input values per step."""
-    from qsnn.core.models import architecture
+    """Neurons of all layers for one sample and time step, and the input values per step.
+
+    The conv maps come from the config's own layers (conv_channels, kernel_size, padding, pool), with the
+    geometry functions that build the network and that validation checks.
+    """
+    from qsnn.core.geometry import architecture, config_layers, map_sizes
     from qsnn.data import registry
 
-    arch = architecture(registry.get(cfg["dataset"]))
-    side, total = arch["input_size"], 0
-    for channels in arch["channels"]:
-        side = (side - 5 + 1) // 2  # 5x5 conv, then 2x2 pooling
-        total += channels * side * side
+    dataset = registry.get(cfg["dataset"])
+    arch = architecture(dataset)
+    input_size, layers = config_layers(dataset, cfg)
+    total = sum(channels * side * side for (channels, *_), (_, side) in zip(layers, map_sizes(input_size, layers)))
     return total + arch["num_classes"], arch["in_channels"] * arch["input_size"] ** 2
 
 

@@ -6,7 +6,7 @@ Layout of `<output_dir>/<exp>/`:
     loss_<exp>_t<k>.csv    epoch, iteration, loss     (one row per training iteration)
     lr_<exp>_t<k>.csv      epoch, iteration, lr
     acc_<exp>_t<k>.csv     epoch, test_acc, [val_acc,] train_loss, train_time
-    eff_<exp>_t<k>.csv     epoch, rate_<layer>, synops[_<layer>], input_macs, weight_kib[_fp32]
+    eff_<exp>_t<k>.csv     epoch, rate_<layer>, synops[_<layer>], input_macs, weight_kib[_fp32] (the model's layers)
     <exp>_t<k>.pt          best model of trial k
     last_<exp>_t<k>.pt     full training state after the last completed epoch (for --resume)
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from qsnn.paths import REPO_ROOT, from_checkout, resolve_path
 from qsnn.runs.config import RESUMABLE_KEYS, precision_name
 from qsnn.runs.schema import FOLDER_NAME_KEYS
-from qsnn.core.efficiency import COLUMNS as EFFICIENCY_COLUMNS  # the eff CSV header
+from qsnn.core.efficiency import COLUMNS as EFFICIENCY_COLUMNS  # the eff CSV header of the paper's 2 conv layers
 from qsnn.files import atomic_path, atomic_write, read_json_object, refuse_link, write_text  # noqa: F401 (atomic_path: re-exported)
 from qsnn.errors import UserError, shorten
 
@@ -285,8 +285,9 @@ class TrialLogs:
 
     HEADERS = {"loss": ("epoch", "iteration", "loss"), "lr": ("epoch", "iteration", "lr")}
 
-    def __init__(self, files, acc_header):
-        self.headers = {**self.HEADERS, "acc": tuple(acc_header), "eff": EFFICIENCY_COLUMNS}
+    def __init__(self, files, acc_header, eff_header=EFFICIENCY_COLUMNS):
+        """eff_header: the model's eff CSV columns (EfficiencyMeter.columns), the paper's network's by default."""
+        self.headers = {**self.HEADERS, "acc": tuple(acc_header), "eff": tuple(eff_header)}
         self.paths = {kind: files[kind] for kind in self.headers}
 
     def start(self, completed_epochs):

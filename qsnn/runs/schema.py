@@ -50,6 +50,9 @@ class Key:
     searchable: bool = None  # None: from the role (SEARCHABLE_ROLES) unless tune.py sets it
     in_folder_name: bool = False  # part of the default run-folder name <dataset>_<precision>_<scheduler>
     epochs_of: str = ""  # an epochs twin: the iteration key whose period it states in epochs (and overrides)
+    # per-layer values: "per_layer" = one value of `type` for every layer, or a list with one per layer;
+    # "list" = a list with one value per conv layer (a single value is a list of one)
+    layers: str = ""
 
     def __post_init__(self):
         """Fill the derived flags once, so every user reads the same answer."""
@@ -63,6 +66,8 @@ class Key:
 
     def allows(self, value):
         """True if value passes this key's choices and range (its type is checked separately)."""
+        if self.layers and isinstance(value, (list, tuple)):  # each layer's value (None only as a whole)
+            return bool(value) and all(v is not None and self.allows(v) for v in value)
         if value is None and self.nullable:
             return self.check is None or self.check(value)
         if self.choices and value not in self.choices:
@@ -140,8 +145,20 @@ KEYS = (
     _k("output_dir", "runs", "output", "where run folders go (relative: from the repository root; for an installed qsnn, from the current folder)"),
     _k("data_dir", "data", "output", "where datasets are read (relative: as output_dir)", loader=True),
     # network
-    _k("num_bits", 4, "network", "weight bit width (1..16); None = full-precision float weights", nullable=True,
-       check=bit_width, allowed="None (full precision) or 1..16", in_folder_name=True),
+    _k("num_bits", 4, "network", "weight bit width (1..16), or one per layer: each conv layer's, then the head's "
+       "(e.g. 8,4,4); None = full-precision float weights", nullable=True, check=bit_width,
+       allowed="None (full precision) or 1..16, one value or one per layer", in_folder_name=True,
+       layers="per_layer"),
+    # the conv layers (the paper's: two, 5x5 kernels, no padding, 2x2 average pools)
+    _k("conv_channels", None, "network", "output channels of each conv layer, e.g. 16,32,64 (three conv layers); "
+       "None = the dataset's registry default (the paper's)", type=int, nullable=True, check=off_or_positive,
+       allowed="None (the dataset's default) or a list of ints > 0, one per conv layer", layers="list"),
+    _k("kernel_size", 5, "network", "conv kernel side, one value for every conv layer or one per layer (e.g. 5,3,3)",
+       check=positive, allowed="> 0, one value or one per conv layer", layers="per_layer"),
+    _k("padding", 0, "network", "zero padding of each conv's input, one value or one per conv layer",
+       check=non_negative, allowed=">= 0, one value or one per conv layer", layers="per_layer"),
+    _k("pool", 2, "network", "average-pool size after each conv (1 = no pooling), one value or one per conv layer",
+       check=positive, allowed="> 0 (1 = no pooling), one value or one per conv layer", layers="per_layer"),
     _k("num_steps", 100, "network", "time steps per sample; the image is the input current at every step",
        datasets=STATIC_DATASETS, **_POS),
     _k("num_steps_train", 100, "network", "frames per training sample", datasets=EVENT_DATASETS, loader=True,
@@ -237,6 +254,7 @@ def keys_where(test, keys=KEYS):
 RESUMABLE_KEYS = frozenset(keys_where(lambda k: k.resumable))
 IDENTITY_KEYS = frozenset(keys_where(lambda k: k.identity))
 NULLABLE = {key.name: key.type for key in KEYS if key.nullable}
+LAYER_KEYS = {key.name: key.layers for key in KEYS if key.layers}  # per-layer keys: "per_layer" or "list"
 CHOICES = {key.name: key.choices for key in KEYS if key.choices}
 SCHEDULE_KEYS = {s: frozenset(keys_where(lambda k, s=s: k.role == "schedule" and s in k.schedulers))
                  for s in SCHEDULERS}

@@ -88,7 +88,7 @@ def start_trial(cfg, k, run_dir, device, generator, use_val, resume, iterations_
     snapshots = SnapshotSaver(cfg, run_dir, runlog.experiment_name(cfg), k, iterations_per_epoch,
                               write=distributed.is_main())
     trial = Trial(cfg, k, model, network, optimizer, scheduler, loss_fn, files,
-                  runlog.TrialLogs(files, acc_header), run_dir, snapshots)
+                  runlog.TrialLogs(files, acc_header, EfficiencyMeter.columns(model)), run_dir, snapshots)
     if resume and files["last"].exists():
         trial.state = load_last(trial, generator)
         print(f"trial {k}: resuming after epoch {trial.state.epoch} "
