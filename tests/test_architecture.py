@@ -29,6 +29,7 @@ from qsnn.errors import UserError
 from qsnn.runs import runlog, schema
 from qsnn.runs.config import parse_args, precision_name, validate
 from qsnn.runs.memory import neurons_per_step
+from test_deploy import assert_integer_layers_equal  # the integer network equals the float64 one, layer by layer
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = runpy.run_path(str(ROOT / "mnist" / "run.py"))
@@ -337,12 +338,7 @@ def test_three_conv_integer_export_equals_pytorch_bit_for_bit(tmp_path):
     assert bundle.meta["version"] == 2
     integer_layers, saturated = runtime.run_bundle(bundle, codes.numpy(), 5, record=True)
     assert saturated == 0 and len(integer_layers) == 4
-    for i, ((spk32, _), (spk64, mem64), (spikes, mems)) in enumerate(zip(layers32, layers64, integer_layers)):
-        assert torch.equal(spk32.double(), spk64)  # float32 computed the exact values too
-        assert 0 < spikes.sum() < spikes.size, f"layer {i}: needs neurons that fire and some that do not"
-        np.testing.assert_array_equal(spikes, spk64.numpy().astype(np.int8), err_msg=f"layer {i}")
-        unit = np.asarray(bundle.meta["layers"][i]["membrane_unit"]).reshape((-1,) + (1,) * (mems.ndim - 3))
-        np.testing.assert_array_equal(mems * unit, mem64.numpy(), err_msg=f"layer {i} membranes")
+    assert_integer_layers_equal(bundle, layers32, layers64, integer_layers)
     # saved and loaded (the checks of every field), it runs the same
     bundle_files.save_bundle(bundle, tmp_path / "three")
     again, _ = runtime.run_bundle(bundle_files.load_bundle(tmp_path / "three"), codes.numpy(), 5)

@@ -74,6 +74,12 @@ def test_integer_spikes_equal_pytorch_bit_for_bit(kind):
                                  input_info=INPUT_INFO[kind])
     integer_layers, saturated = deploy.run_bundle(bundle, codes, steps, record=True)
     assert saturated == 0
+    assert_integer_layers_equal(bundle, layers32, layers64, integer_layers)
+
+
+def assert_integer_layers_equal(bundle, layers32, layers64, integer_layers):
+    """Every layer's integer spikes equal the float64 network's, and its membranes times the unit equal its
+    membranes; float32 computed the same spikes (so the dyadic values were exact)."""
     for i, ((spk32, _), (spk64, mem64), (spikes, mems)) in enumerate(zip(layers32, layers64, integer_layers)):
         assert torch.equal(spk32.double(), spk64)  # float32 computed the exact values too
         assert 0 < spikes.sum() < spikes.size, f"layer {i}: the comparison needs neurons that fire and some that do not"
