@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from qsnn import results  # noqa: E402
+from qsnn.analysis import results  # noqa: E402
 
 CELL = re.compile(r"^(?P<dataset>.+)_T(?P<steps>\d+)_(?P<precision>fp32|\d+bit)_"
                   r"(?P<schedule>periodic|monotone|constant)_s(?P<seed>\d+)$")
