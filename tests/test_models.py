@@ -35,6 +35,17 @@ NEURON = dict(beta=0.75, threshold=1.0, slope=5.0)
 DYADIC_THRESHOLD = 1275 / 1024  # every state_quant level a multiple of 2^-10 at 1, 2, 4 and 8 bits
 
 
+
+def assert_executions_agree(agreement):
+    """Bit-identical spikes and membranes in eval and train mode (meaningful only because every layer fires),
+    equal loss, gradients to float tolerance and matching BatchNorm statistics."""
+    for layers in (agreement.layers, agreement.train.layers):
+        assert all(layer.spikes > 0 and layer.identical for layer in layers), layers
+    train = agreement.train
+    assert train.loss_diff == 0 and not train.zero_gradients
+    assert train.worst_gradient()[1] < 1e-4, train.grad_rel_diff
+    assert train.running_stats_diff < 1e-5 and train.batches_tracked_equal
+
 def make_net(kind, num_bits, batch_norm=True, **kw):
     return QSNN(**ARCHITECTURES[kind], num_bits=num_bits, dropout=0.0, batch_norm=batch_norm,
                 **{**NEURON, **kw})
@@ -173,13 +184,7 @@ def test_fast_equals_reference(kind, num_bits, state_bits):
     x, steps = dyadic_input(kind, generator)
     labels = torch.randint(0, ARCHITECTURES[kind]["num_classes"], (x.shape[-4],), generator=generator)
     agreement = compare_executions(reference, x, steps, labels=labels)
-    for layers in (agreement.layers, agreement.train.layers):
-        # Bit-identical spikes and membranes; meaningful only because every layer fires.
-        assert all(layer.spikes > 0 and layer.identical for layer in layers), layers
-    train = agreement.train
-    assert train.loss_diff == 0 and not train.zero_gradients
-    assert train.worst_gradient()[1] < 1e-4, train.grad_rel_diff
-    assert train.running_stats_diff < 1e-5 and train.batches_tracked_equal
+    assert_executions_agree(agreement)
     with torch.no_grad():
         assert_membranes_on_levels(fast, fast.eval()(x, steps, record=True))
 
@@ -212,12 +217,7 @@ def test_three_conv_fast_equals_reference(kind):
     side = 12 if kind == "image" else 14  # conv2 keeps conv1's map (3x3, padding 1, no pool); conv3 pools by 4
     assert [layer.elements for layer in agreement.layers] == [e * 6 * 4 for e in (
         4 * side * side, 6 * side * side, 8 * 3 * 3, sizes["num_classes"])]
-    for layers in (agreement.layers, agreement.train.layers):
-        assert all(layer.spikes > 0 and layer.identical for layer in layers), layers
-    train = agreement.train
-    assert train.loss_diff == 0 and not train.zero_gradients
-    assert train.worst_gradient()[1] < 1e-4, train.grad_rel_diff
-    assert train.running_stats_diff < 1e-5 and train.batches_tracked_equal
+    assert_executions_agree(agreement)
 
 
 @pytest.mark.parametrize("time_chunk", [1, 3, 0])
