@@ -116,8 +116,10 @@ def seed_reference(cells):
         for d in dirs:
             for row in interpolation_rows(d):
                 if row["kind"] == "seeds":
-                    found.append(f"{precision} {schedule} {row['pair']}: barrier {float(row['barrier']):.5f}, "
-                                 f"codes changed {100 * float(row['code_flips'] or 'nan'):.1f}%")
+                    flips = row.get("code_flips")
+                    codes = f", codes changed {100 * float(flips):.1f}%" if flips not in (None, "") else ""
+                    found.append(f"{precision} {schedule}, {row['run_a']} (epoch {row['epoch_a']}) against "
+                                 f"{row['run_b']} (epoch {row['epoch_b']}): barrier {float(row['barrier']):.5f}{codes}")
     if not found:
         return "Two-seed reference (final models of two seeds): not measured yet (needs a second finished seed)."
     return "Two-seed reference (final models of two seeds): " + "; ".join(found) + "."

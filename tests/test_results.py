@@ -41,7 +41,7 @@ def write_run(root, exp, dataset, scheduler, accs, *, precision=None, num_bits=N
     folder = root / exp
     folder.mkdir(parents=True)
     config = {"num_bits": num_bits, "scheduler": scheduler, "num_trials": num_trials or len(accs),
-              "val_split": 0.1 if vals else 0.0, "epochs": max(len(a) for a in accs), **(config or {})}
+              "val_split": 0.1 if vals else 0.0, "epochs": 10, **(config or {})}  # the budget, not the logs' length
     meta = {"exp_name": exp, "dataset": dataset, "config": config, "versions": {}, "device": "cpu",
             "git_commit": None, "created": "2024-01-01T00:00:00", "command": "train.py"}
     if precision:
@@ -368,10 +368,14 @@ def study_tree(tmp_path):
         cfg = {**FASHION, "output_dir": "results/schedules", "num_steps": 10, "epochs": 5, "t_max": 469, **extra}
         write_run(root / "schedules", f"fashion_mnist_T10_4bit_{name}", "fashion_mnist", cfg["scheduler"], accs,
                   precision="4bit", config=cfg)
-    # The periodic experiment again, on another device with other seeds and a longer budget: same experiment.
+    # The periodic experiment again, on another device with other seeds: same experiment.
     write_run(tmp_path / "results" / "again", "periodic_seed10", "fashion_mnist", "cosine", [[76, 77]],
               precision="4bit", config={**FASHION, "num_steps": 10, "t_max": 469, "t_0": 469, "seed": 10,
-                                        "device": "cuda", "epochs": 50, "num_workers": 4})
+                                        "device": "cuda", "epochs": 5, "num_workers": 4})
+    # The constant run with seed 0 and a longer budget: not a repeat of the 5-epoch trial but its own row
+    # (best of 18 epochs is another result than best of 5).
+    write_run(root / "longer", "fashion_mnist_T10_4bit_constant_s0", "fashion_mnist", "constant", [[56, 58, 57]],
+              precision="4bit", config={**FASHION, "num_steps": 10, "scheduler": "constant", "epochs": 18})
     for trial, lr in enumerate((0.01, 0.001)):
         cfg = {**FASHION, "lr": lr, "output_dir": str(root / "tune" / "fmnist"), "exp_name": f"trial_{trial}"}
         write_run(root / "tune" / "fmnist", f"trial_{trial}", "fashion_mnist", "cosine", [[99, 99]],
@@ -385,20 +389,22 @@ def test_rows_are_experiments_and_tuning_is_left_out(study_tree):
         table = results.accuracy_table(results.find_runs(study_tree))
     got = table[["scheduler", "setting", "n_trials", "test_acc_mean"]].values.tolist()
     assert got == [
-        ["constant", "", 3, 53.0],  # the only constant run: nothing to tell apart
+        ["constant", "epochs=5", 3, 53.0],  # the two constant experiments differ only in their budgets
+        ["constant", "epochs=18", 1, 58.0],
         # t_0 differs in the repeat, but a cosine run never reads it: still one experiment, 3 + 1 trials
-        ["cosine", "num_steps=10, t_max=469", 4, (71 + 73 + 75 + 77) / 4],
-        ["cosine", "num_steps=10, t_max=2345", 3, 63.0],
-        ["cosine", "num_steps=100, t_max=4690", 1, 84.0],
+        ["cosine", "epochs=2, num_steps=100, t_max=4690", 1, 84.0],
+        ["cosine", "epochs=5, num_steps=10, t_max=469", 4, (71 + 73 + 75 + 77) / 4],
+        ["cosine", "epochs=5, num_steps=10, t_max=2345", 3, 63.0],
     ]
-    assert table.loc[1, "trials"] == ("periodic_seed10/t0;fashion_mnist_T10_4bit_periodic/t0;"
+    assert table.loc[3, "trials"] == ("periodic_seed10/t0;fashion_mnist_T10_4bit_periodic/t0;"
                                       "fashion_mnist_T10_4bit_periodic/t1;fashion_mnist_T10_4bit_periodic/t2")
 
 
 def test_tuning_folders_only_when_asked(study_tree):
     tuned = results.accuracy_table(results.find_runs(study_tree, include_tuning=True))
-    assert len(tuned) == 6
-    assert set(tuned.setting) >= {"lr=0.01, num_steps=100, t_max=4690", "lr=0.001, num_steps=100, t_max=4690"}
+    assert len(tuned) == 7
+    assert set(tuned.setting) >= {"epochs=2, lr=0.01, num_steps=100, t_max=4690",
+                                 "epochs=2, lr=0.001, num_steps=100, t_max=4690"}
     # A study folder given as ROOT has no `tune` below it: tune.py's output_dir/exp_name still mark it.
     with pytest.raises(UserError, match=r"under .*fmnist \(2 tune.py trial folder\(s\) skipped; add --include-tuning"):
         results.find_runs(study_tree / "tune" / "fmnist")
@@ -412,9 +418,9 @@ def test_extract_results_relative_to_cwd_prints_a_row_per_experiment(study_tree,
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == ("| dataset | precision | scheduler | setting | trials | epochs | best test acc per trial (%) "
                         "| max (%) | mean ± std (%) | test acc at best val epoch, mean ± std (%) |")
-    assert lines[3] == ("| fashion_mnist | 4bit | cosine | num_steps=10, t_max=469 | 4 | 2 | 77.00, 71.00, 73.00, "
-                        "75.00 | 77.00 | 74.00 ± 2.58 |  |")
-    assert len(lines) == 2 + 4
+    assert lines[5] == ("| fashion_mnist | 4bit | cosine | epochs=5, num_steps=10, t_max=469 | 4 | 2 | 77.00, 71.00, "
+                        "73.00, 75.00 | 77.00 | 74.00 ± 2.58 |  |")
+    assert len(lines) == 2 + 5
 
 
 # ---------------------------------------------------------------- command-line robustness

@@ -115,8 +115,9 @@ def extra_text(setting: str) -> str:
     parts = []
     for part in re.split(r", (?=\w+=)", setting) if setting else []:
         key = part.partition("=")[0]
-        # The schedule text, the precision and (where T varies) a "T=" part say these.
-        if key not in results.ALL_SCHEDULE_KEYS and key not in STEP_KEYS and key != "num_bits":
+        # The schedule text, the precision and (where T varies) a "T=" part say these; the epoch axis the budget.
+        if key not in results.ALL_SCHEDULE_KEYS and key not in STEP_KEYS and key not in results.BUDGET_KEYS \
+                and key != "num_bits":
             parts.append(part)
     return ", ".join(parts)
 

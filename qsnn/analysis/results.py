@@ -2,7 +2,7 @@
 
 A run folder holds a config.json with the keys "dataset" and "config"; trial k logs to
 {acc,loss,lr,eff}_<exp>_t<k>.csv. A table row is an experiment: the config's identity keys
-(qsnn.runs.schema.experiment_identity, world size included), so folders of one experiment pool their
+(qsnn.runs.schema.experiment_identity, world size included) and its budget (BUDGET_KEYS), so folders of one experiment pool their
 trials. A trial is (experiment, seed + k): the same trial found in two folders counts once, with a warning. Unreadable data is skipped with a ResultsWarning naming
 the file; UserError is raised only when nothing at all is usable.
 
@@ -51,6 +51,7 @@ LOG_COLUMNS = {"acc": ("epoch", "test_acc"), "loss": ("iteration", "loss"), "lr"
                "eff": ("epoch",)}
 OPTIONAL_COLUMNS = {"acc": ("val_acc",), "eff": EFF_COLUMNS}  # eff: also every CONV_COLUMN of its header
 ACC_COLUMNS = ["test_acc", "val_acc"]  # percentages: a value outside 0..100 is damage
+BUDGET_KEYS = ("epochs", "patience")  # how long trials ran: in a table row's identity, not in resume's
 MAX_STEP = 2**53  # epochs and iterations above it are damage (and would not survive the cast to int)
 
 
@@ -248,6 +249,9 @@ def read_run(folder: Path, meta: dict) -> Run:
             _warn(f"{folder}: trial t{trial} is {state}{reason}; its data so far is included")
     # folders written before a key existed ran with its schema default; world_size sits beside "config"
     key = schema.experiment_identity({**config, "dataset": meta["dataset"]}, meta)
+    # the budget is no part of resuming (a run may be extended) but is of a result: best-of-5 epochs is not
+    # best-of-18, so runs of one experiment with different budgets are different table rows
+    key.update({name: config.get(name, schema.SCHEMA[name].default) for name in BUDGET_KEYS})
     key.update(dataset=printable(meta["dataset"]), precision=printable(precision_label(meta)))
     return Run(folder, name, key["dataset"], key["precision"], printable(str(config.get("scheduler", "unknown"))),
                json.dumps(key, sort_keys=True, default=str), _trial_indices(folder, name, config, status),
