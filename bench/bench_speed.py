@@ -37,7 +37,8 @@ from torch.utils.benchmark.utils.timer import timer as synced_clock  # noqa: E40
 from qsnn.data.loaders import TensorBatches  # noqa: E402
 from qsnn.core.equivalence import compare_executions  # noqa: E402
 from qsnn.runs.memory import keep_freed_memory  # noqa: E402
-from qsnn.core.models import ARCHITECTURES, QSNN  # noqa: E402
+from qsnn.core.models import QSNN, architecture  # noqa: E402
+from qsnn.data import registry  # noqa: E402
 from qsnn.core.loop import clamp_weights, run_network, train_epoch  # noqa: E402
 
 # The paper's settings (mnist/run.py, dvs128_gesture/run.py). Inputs are [B, ...] as the loaders
@@ -50,6 +51,8 @@ CONFIGS = {
                 model=dict(num_bits=4, beta=0.614, threshold=0.427, slope=4.413, dropout=0.203,
                            batch_norm=False)),
 }
+# The two input kinds' networks, as build_model makes them for MNIST and DVS128 Gesture.
+ARCHITECTURES = {"image": architecture(registry.get("mnist")), "event": architecture(registry.get("dvs128_gesture"))}
 EVENT_DENSITY = 0.3  # DVS input: Bernoulli(0.3) events per pixel, polarity and step (--event-density)
 EPOCH_SAMPLES = 60_000  # MNIST's training set
 SEED = 0

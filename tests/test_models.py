@@ -160,10 +160,11 @@ def test_huge_membranes_fall_back_to_snntorch_quantizer():
     assert torch.equal(mem[0], expected)
 
 
-def paired_nets(kind, num_bits, seed=0, state_bits=None):
+def paired_nets(kind, num_bits, seed=0, state_bits=None, **neuron):
+    """A reference-execution net with dyadic weights, its fast copy and the generator; neuron: QSNN's neuron keys."""
     generator = torch.Generator().manual_seed(seed)
     quant = dict(state_bits=state_bits, threshold=DYADIC_THRESHOLD) if state_bits else {}
-    reference = make_net(kind, num_bits, **quant)
+    reference = make_net(kind, num_bits, **quant, **neuron)
     dyadic_weights_(reference, generator)
     fast = copy.deepcopy(reference)
     reference.execution = "reference"
@@ -246,14 +247,19 @@ def test_real_valued_inputs_agree_up_to_rounding():
 
 
 @pytest.mark.parametrize("change, words", [
-    (lambda lif: setattr(lif, "reset_mechanism", "zero"), "reset_mechanism='zero'"),
-    (lambda lif: setattr(lif, "spike_grad", surrogate.atan()), "a surrogate other than fast_sigmoid"),
-    (lambda lif: setattr(lif, "beta", torch.nn.Parameter(lif.beta.clone())), "learnable beta"),
+    (lambda net: setattr(net.blocks[1].lif, "spike_grad", surrogate.atan()),
+     "blocks.1: a surrogate other than fast_sigmoid"),
+    (lambda net: setattr(net.head.lif, "inhibition", True), "head: inhibition or graded spikes"),  # dense only
+    (lambda net: setattr(net.blocks[1].lif, "graded_spikes_factor", torch.tensor(0.5)),
+     "blocks.1: inhibition or graded spikes"),
+    (lambda net: setattr(net.blocks[1], "lif", snn.Lapicque(beta=0.75, threshold=1.0)),
+     "blocks.1: Lapicque neurons"),
 ])
-def test_fast_execution_refuses_neuron_settings_it_does_not_implement(change, words):
-    net = make_net("image", 4)
-    change(net.blocks[1].lif)
-    with pytest.raises(UserError, match=f"fast execution does not implement blocks.1: .*{words}"):
-        net(torch.rand(2, 1, 28, 28), num_steps=3)
-    net.execution = "reference"
-    assert net(torch.rand(2, 1, 28, 28), num_steps=3)[0].shape == (3, 2, 10)  # the reference runs them
+def test_fast_execution_steps_neuron_settings_it_does_not_fuse(change, words):
+    """What the fused path lacks runs by stepping the neuron module (with a warning): still the reference's spikes."""
+    reference, _, generator = paired_nets("image", 4)
+    change(reference)
+    x, steps = dyadic_input("image", generator, batch=2, steps=4)
+    with pytest.warns(UserWarning, match=f"fast execution steps these neurons .*{words}"):
+        agreement = compare_executions(reference, x, steps)
+    assert all(layer.identical for layer in agreement.layers), agreement.layers

@@ -16,8 +16,13 @@ time-first: `[T, B, C, H, W]`.
 
 With `state_bits`, both executions quantize every membrane after each update to the levels of
 snnTorch's `state_quant` (the reference through `snn.Leaky(state_quant=...)`).
+
+The neuron keys (`neuron`, `reset_mechanism`, `surrogate`, `learn_beta`, `learn_threshold`,
+`learn_per_channel`, `alpha`) choose the snnTorch neuron the reference steps; the fast execution runs
+the same maths in `qsnn.core.neurons`, and steps the module itself for any neuron it does not fuse.
 """
 import logging
+import warnings
 
 # Brevitas imports torch.utils.cpp_extension, which warns on every CPU-only machine.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -28,13 +33,15 @@ import snntorch as snn
 import torch
 import torch.nn.functional as F
 from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
-from snntorch import surrogate
 from torch import nn
 
 from qsnn.errors import UserError
 from qsnn.core.geometry import (ARCHITECTURE_DEFAULTS, architecture, config_layers, conv_layers,  # noqa: F401
                                 geometry_problem, layer_bits, map_sizes, per_layer)  # (re-exported)
-from qsnn.core.neurons import lif_sequence, snntorch_state_quant, state_levels
+from qsnn.core.neuron_modules import (NEURON_DEFAULTS, make_neuron, neuron_problems, reset_of,  # noqa: F401
+                                       run_neuron)
+from qsnn.core.neurons import neuron_step, snntorch_state_quant, state_levels
+from qsnn.core.surrogates import spike_function, surrogate_parameter
 
 
 def quant_layer(kind, *args, num_bits, **kwargs):
@@ -135,7 +142,7 @@ def _update_running_stats(bn, means, variances):
 class SpikingConvBlock(nn.Module):
     """conv k x k (no bias, zero padding) -> avg-pool s x s (none for s = 1) -> BatchNorm (optional) -> LIF."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, num_bits, batch_norm, neuron, levels=None,
+    def __init__(self, in_channels, out_channels, kernel_size, num_bits, batch_norm, lif, levels=None,
                  padding=0, pool=2):
         super().__init__()
         self.conv = quant_layer("conv", in_channels, out_channels, kernel_size, num_bits=num_bits,
@@ -143,15 +150,15 @@ class SpikingConvBlock(nn.Module):
         self.padding, self.pool_size = padding, pool
         self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
         self.bn = nn.BatchNorm2d(out_channels) if batch_norm else None
-        self.lif = snn.Leaky(**neuron)
+        self.lif = lif  # an snnTorch neuron module
         self.register_buffer("state_levels", levels, persistent=False)  # membrane levels, or None
 
-    def step(self, x, mem):
-        """Reference: one time step on x [B, C, H, W]; returns (spk, mem)."""
+    def step(self, x, state):
+        """Reference: one time step on x [B, C, H, W]; returns (spk, mem, state)."""
         current = self.pool(self.conv(x))
         if self.bn is not None:
             current = self.bn(current)
-        return self.lif(current, mem)
+        return neuron_step(self.lif, current, state)
 
     def pooled_current(self, x, time_chunk=0):
         """Fast: conv then pool as one strided conv (the pool folded in), for a static x [B, C, H, W]
@@ -161,15 +168,17 @@ class SpikingConvBlock(nn.Module):
             return F.conv2d(x, weight, stride=self.pool_size, padding=self.padding)
         return conv_over_time(x, weight, time_chunk, self.pool_size, self.padding)
 
-    def run(self, x, slope, num_steps=None, time_chunk=0):
-        """Fast: all steps of x [T, B, C, H, W], or of a static x [B, C, H, W] repeated num_steps times."""
+    def run(self, x, fused, num_steps=None, time_chunk=0):
+        """Fast: all steps of x [T, B, C, H, W], or of a static x [B, C, H, W] repeated num_steps times.
+
+        `fused` (QSNN.fused_neuron) says how the neuron runs: its fused Function, or None to step it."""
         current = self.pooled_current(x, time_chunk)
         if self.bn is not None:
             if num_steps is not None:
                 current = batch_norm_static(current, self.bn, num_steps)
             else:
                 current = batch_norm_over_time(current, self.bn)
-        return lif_sequence(current, self.lif.beta, self.lif.threshold, slope, num_steps, self.state_levels)
+        return run_neuron(self.lif, current, fused, num_steps, self.state_levels)
 
 
 def conv_over_time(x, weight, time_chunk, stride=2, padding=0):
@@ -186,21 +195,21 @@ def conv_over_time(x, weight, time_chunk, stride=2, padding=0):
 class SpikingHead(nn.Module):
     """flatten -> linear (no bias) -> dropout -> LIF: the output layer; its spikes vote for a class."""
 
-    def __init__(self, in_features, num_classes, num_bits, dropout, neuron, levels=None):
+    def __init__(self, in_features, num_classes, num_bits, dropout, lif, levels=None):
         super().__init__()
         self.fc = quant_layer("linear", in_features, num_classes, num_bits=num_bits)
         self.dropout = nn.Dropout(dropout)
-        self.lif = snn.Leaky(**neuron)
+        self.lif = lif  # an snnTorch neuron module
         self.register_buffer("state_levels", levels, persistent=False)  # membrane levels, or None
 
-    def step(self, x, mem):
-        """Reference: one time step on x [B, ...]; returns (spk, mem)."""
-        return self.lif(self.dropout(self.fc(x.flatten(1))), mem)
+    def step(self, x, state):
+        """Reference: one time step on x [B, ...]; returns (spk, mem, state)."""
+        return neuron_step(self.lif, self.dropout(self.fc(x.flatten(1))), state)
 
-    def run(self, x, slope):
+    def run(self, x, fused):
         """Fast: all steps of x [T, B, ...] in one matmul."""
         current = self.dropout(F.linear(x.flatten(2), effective_weight(self.fc)))
-        return lif_sequence(current, self.lif.beta, self.lif.threshold, slope, state_levels=self.state_levels)
+        return run_neuron(self.lif, current, fused, state_levels=self.state_levels)
 
 
 class QSNN(nn.Module):
@@ -212,28 +221,37 @@ class QSNN(nn.Module):
 
     def __init__(self, in_channels, channels, input_size, num_classes, num_bits=4, beta=0.9,
                  threshold=1.0, slope=25.0, dropout=0.0, batch_norm=True, kernel_size=5,
-                 execution="fast", time_chunk=0, state_bits=None, padding=0, pool=2):
+                 execution="fast", time_chunk=0, state_bits=None, padding=0, pool=2, neuron="leaky",
+                 reset_mechanism="subtract", surrogate="fast_sigmoid", surrogate_alpha=2.0, learn_beta=False,
+                 learn_threshold=False, learn_per_channel=False, alpha=0.9):
         super().__init__()
         layers = conv_layers(channels, kernel_size, padding, pool)
         problem = geometry_problem(input_size, layers)
         if problem:
             raise UserError(problem)
         bits = layer_bits(num_bits, len(layers))
-        self.slope = slope  # the one copy: the fast LIF's backward and the reference's surrogate both use it
-        self.spike_grad = surrogate.fast_sigmoid(slope=slope)
-        neuron = dict(beta=beta, threshold=threshold, spike_grad=self.spike_grad)
+        self.slope = slope
+        # The one surrogate object: the reference's neurons call it, the fast backward computes its derivative.
+        self.surrogate = surrogate
+        self.surrogate_param = surrogate_parameter(surrogate, slope, surrogate_alpha)
+        self.spike_grad = spike_function(surrogate, self.surrogate_param)
+        options = dict(beta=beta, threshold=threshold, spike_grad=self.spike_grad, reset_mechanism=reset_mechanism,
+                       learn_beta=learn_beta, learn_threshold=learn_threshold,
+                       learn_per_channel=learn_per_channel, alpha=alpha)
         levels = None
         if state_bits is not None:  # the reference quantizes with snnTorch, the fast one with its levels
-            neuron["state_quant"] = snntorch_state_quant(state_bits, threshold)
+            options["state_quant"] = snntorch_state_quant(state_bits, threshold)
             levels = state_levels(state_bits, threshold)
         blocks, width = [], in_channels
         for (out, kernel, pad, pool_size), block_bits in zip(layers, bits):
-            blocks.append(SpikingConvBlock(width, out, kernel, block_bits, batch_norm, neuron,
+            lif = make_neuron(neuron, (out, 1, 1), **options)
+            blocks.append(SpikingConvBlock(width, out, kernel, block_bits, batch_norm, lif,
                                            None if levels is None else levels.clone(), pad, pool_size))
             width = out
         side = map_sizes(input_size, layers)[-1][1] if layers else input_size
         self.blocks = nn.ModuleList(blocks)
-        self.head = SpikingHead(width * side * side, num_classes, bits[-1], dropout, neuron, levels)
+        self.head = SpikingHead(width * side * side, num_classes, bits[-1], dropout,
+                                make_neuron(neuron, (num_classes,), **options), levels)
         self.execution = execution
         self.time_chunk = time_chunk
 
@@ -251,45 +269,46 @@ class QSNN(nn.Module):
 
     def _run_reference(self, x, num_steps):
         modules = [*self.blocks, self.head]
-        mems = [m.lif.reset_mem() for m in modules]  # zero membrane at the start of every sample
+        states = [m.lif.reset_mem() for m in modules]  # zero state at the start of every sample
         record = [([], []) for _ in modules]
         steps = x.unbind(0) if num_steps is None else [x] * num_steps
         for x_t in steps:
             out = x_t
             for i, module in enumerate(modules):
-                out, mems[i] = module.step(out, mems[i])
+                out, mem, states[i] = module.step(out, states[i])
                 record[i][0].append(out)
-                record[i][1].append(mems[i])
+                record[i][1].append(mem)
         return [(torch.stack(spk), torch.stack(mem)) for spk, mem in record]
 
     def _run_fast(self, x, num_steps):
+        fused = [self.fused_neuron(module) for module in self.blocks] + [self.fused_neuron(self.head)]
         problems = self.unsupported_by_fast()
-        if problems:
-            raise UserError(f"the fast execution does not implement {'; '.join(problems)}; "
-                            "run with --execution reference")
+        if problems:  # stepped: still exact, only slower
+            warnings.warn(f"the fast execution steps these neurons one time step at a time (its fused path does "
+                          f"not implement {'; '.join(problems)})", stacklevel=3)
         layers, out = [], x
         for i, block in enumerate(self.blocks):
-            out, mem = block.run(out, self.slope, num_steps if i == 0 else None, self.time_chunk)
+            out, mem = block.run(out, fused[i], num_steps if i == 0 else None, self.time_chunk)
             layers.append((out, mem))
-        layers.append(self.head.run(out, self.slope))
+        layers.append(self.head.run(out, fused[-1]))
         return layers
 
+    def fused_neuron(self, module):
+        """{"surrogate", "param", "reset"} when the fused Functions implement module.lif exactly, else None (stepped)."""
+        if self._neuron_problems(module):
+            return None
+        return {"surrogate": self.surrogate, "param": self.surrogate_param, "reset": reset_of(module.lif)}
+
+    def _neuron_problems(self, module):
+        """Why module.lif (perhaps changed after construction) is not what the fused Functions implement."""
+        return neuron_problems(module.lif, self.spike_grad, f"{self.surrogate}({self.surrogate_param or ''})",
+                               module.state_levels is not None)
+
     def unsupported_by_fast(self):
-        """Neuron settings (changed after construction) that the fast LIF would silently ignore."""
-        problems = []
-        for name, module in [*((f"blocks.{i}", b) for i, b in enumerate(self.blocks)), ("head", self.head)]:
-            lif = module.lif
-            if lif.reset_mechanism != "subtract" or not lif.reset_delay:
-                problems.append(f"{name}: reset_mechanism={lif.reset_mechanism!r}, reset_delay={lif.reset_delay}")
-            if lif.spike_grad is not self.spike_grad:
-                problems.append(f"{name}: a surrogate other than fast_sigmoid(slope={self.slope})")
-            if isinstance(lif.beta, nn.Parameter) or isinstance(lif.threshold, nn.Parameter):
-                problems.append(f"{name}: learnable beta or threshold")
-            if lif.inhibition or float(lif.graded_spikes_factor) != 1.0:
-                problems.append(f"{name}: inhibition or graded spikes")
-            if bool(lif.state_quant) != (module.state_levels is not None):
-                problems.append(f"{name}: a state quantizer other than state_bits'")
-        return problems
+        """Neuron settings (changed after construction) that the fused path does not implement: those layers'
+        neurons are stepped instead (exact, slower)."""
+        named = [*((f"blocks.{i}", b) for i, b in enumerate(self.blocks)), ("head", self.head)]
+        return [f"{name}: {problem}" for name, module in named for problem in self._neuron_problems(module)]
 
 
 def build_model(cfg):
@@ -299,4 +318,5 @@ def build_model(cfg):
     return QSNN(**architecture(registry.get(cfg["dataset"]), cfg), num_bits=cfg["num_bits"], beta=cfg["beta"],
                 threshold=cfg["threshold"], slope=cfg["slope"], dropout=cfg["dropout"],
                 batch_norm=cfg["batch_norm"], execution=cfg["execution"],
-                time_chunk=cfg["time_chunk"], state_bits=cfg.get("state_bits"))
+                time_chunk=cfg["time_chunk"], state_bits=cfg.get("state_bits"),
+                **{key: cfg.get(key, default) for key, default in NEURON_DEFAULTS.items()})

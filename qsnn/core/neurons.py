@@ -1,36 +1,55 @@
-"""Leaky integrate-and-fire dynamics over a whole sequence, with snnTorch's semantics.
+"""Spiking neurons over a whole sequence, with snnTorch's `Leaky` and `Synaptic` semantics.
 
-snnTorch's `Leaky` (reset by subtraction, `reset_delay=True`) computes, per step t,
+snnTorch (`reset_delay=True`) computes, per step t, with reset_t = H(mem_{t-1} - thr) detached
+(it equals spk_{t-1}) and beta, alpha clamped to [0, 1]:
 
-    reset_t = H(mem_{t-1} - thr)            (detached: no gradient through the reset)
-    mem_t   = beta * mem_{t-1} + I_t - thr * reset_t
-    spk_t   = H(mem_t - thr)                (fast-sigmoid surrogate: d spk / d mem = 1 / (k |mem - thr| + 1)^2)
+    Leaky     subtract: mem_t = (beta mem_{t-1} + I_t) - thr reset_t
+              zero:     mem_t = beta ((1 - reset_t) mem_{t-1}) + I_t     (the old membrane is zeroed)
+              none:     mem_t = beta mem_{t-1} + I_t
+    Synaptic  syn_t = alpha syn_{t-1} + I_t,  pre_t = beta mem_{t-1} + syn_t, and
+              subtract: mem_t = pre_t - thr reset_t;  zero: mem_t = pre_t - pre_t reset_t;  none: pre_t
+    spk_t = H(mem_t - thr), its gradient the surrogate's (`qsnn.core.surrogates`).
 
-Since reset_t equals spk_{t-1}, the whole recurrence needs only the previous spike. Running it
-inside one autograd Function keeps the forward loop free of autograd bookkeeping, and the
-backward pass is the short reverse recursion
+Running the recurrence inside one autograd Function keeps the forward loop free of autograd
+bookkeeping; the backward is the short reverse recursion G_t = dL/dmem_t = direct_t +
+(d mem_{t+1} / d mem_t) G_{t+1}, from which the input, beta and threshold gradients follow
+(thr enters through the spike test and, for subtract, the reset term; the reset itself is detached).
 
-    G_t = dL/dmem_t = dL/dspk_t * surrogate(mem_t - thr) + dL/dmem_t (direct) + beta * G_{t+1},
+With `state_bits` the membrane is quantized right after each update (`qsnn.core.state_quant`,
+Leaky only); the quantizer's gradient is straight-through, so the backward is unchanged.
 
-with dL/dI_t = G_t (summed over t when the input current is the same at every step).
-
-With `state_bits` set, snnTorch's `state_quant` replaces mem_t by the nearest of 2^bits uniform
-levels right after the update (before the spike test). Its gradient is straight-through, so the
-backward above is unchanged: it runs on the quantized membranes, as snnTorch's surrogate does.
+Any other neuron (a module swapped in after construction, a setting the Functions lack) runs
+by stepping the module itself (`step_sequence`): the same calls as the reference execution.
 """
 import torch
-from snntorch.functional.quant import StateQuant, state_quant
 
-# snnTorch's state_quant defaults: levels from -thr (lower_limit 0) to thr + 0.2 thr.
-STATE_LOWER_LIMIT, STATE_UPPER_LIMIT = 0, 0.2
+from qsnn.core.state_quant import (STATE_LOWER_LIMIT, STATE_UPPER_LIMIT, membrane_quantizer,  # noqa: F401
+                                   nearest_level, snntorch_state_quant, state_levels)  # (re-exported)
+from qsnn.core.neuron_names import NEURONS, RESETS, SURROGATES  # noqa: F401 (re-exported)
+from qsnn.core.surrogates import surrogate_grad
+
+
+def _reduce_to(grad, like):
+    """Sum a [T, B, ...] gradient to the shape of a parameter that broadcast against [B, ...]."""
+    return grad.sum(0).sum_to_size(like.shape) if like.dim() else grad.sum()
+
+
+def _fire_grads(ctx, grad_spk, grad_mem, mem, threshold, keep_spike_part):
+    """(dL/dmem_t directly: through each step's spike (the surrogate) plus the membranes' own gradient,
+    the spike part alone or None): the threshold's gradient needs the spike part again."""
+    spike_part = surrogate_grad(ctx.surrogate, ctx.param, torch.sub(mem, threshold), grad_spk)
+    grad = spike_part.clone() if keep_spike_part else spike_part
+    if grad_mem is not None:
+        grad.add_(grad_mem)
+    return grad, (spike_part if keep_spike_part else None)
 
 
 class _LIFSequence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, current, beta, threshold, slope, num_steps, quantize):
+    def forward(ctx, current, beta, threshold, reset, surrogate, param, num_steps, quantize):
         static = num_steps is not None
         steps = num_steps if static else current.shape[0]
-        shape = current.shape if static else current.shape[1:]
+        shape = torch.broadcast_shapes(current.shape if static else current.shape[1:], beta.shape, threshold.shape)
         spk = current.new_empty((steps, *shape))
         mem = current.new_empty((steps, *shape))
         # [T, ...] inputs are read step by step with unbind: a view per step, no copies.
@@ -39,100 +58,146 @@ class _LIFSequence(torch.autograd.Function):
             # Written straight into the trace, in snnTorch's order of operations (same rounding).
             if t == 0:
                 mem[0].copy_(cur)  # beta * 0 + I, and no reset from a zero membrane
+            elif reset == "zero":
+                torch.mul(mem[t - 1], 1 - spk[t - 1], out=mem[t]).mul_(beta).add_(cur)
             else:
-                torch.mul(mem[t - 1], beta, out=mem[t])
-                mem[t].add_(cur).addcmul_(spk[t - 1], threshold, value=-1)
+                torch.mul(mem[t - 1], beta, out=mem[t]).add_(cur)
+                if reset == "subtract":
+                    mem[t].addcmul_(spk[t - 1], threshold, value=-1)
             if quantize is not None:
                 mem[t].copy_(quantize(mem[t]))
             torch.gt(mem[t], threshold, out=spk[t])
         ctx.save_for_backward(mem, beta, threshold)
-        ctx.slope = slope
-        ctx.static = static
+        ctx.reset, ctx.surrogate, ctx.param, ctx.static = reset, surrogate, param, static
         ctx.set_materialize_grads(False)
         return spk, mem
 
     @staticmethod
     def backward(ctx, grad_spk, grad_mem):
         mem, beta, threshold = ctx.saved_tensors
-        # snntorch.surrogate.FastSigmoid.backward for all steps at once, in one buffer.
-        grad = torch.sub(mem, threshold).abs_().mul_(ctx.slope).add_(1.0)
-        grad.mul_(grad)
-        if grad_spk is None:
-            grad.zero_()
-        else:
-            torch.div(grad_spk, grad, out=grad)
-        if grad_mem is not None:
-            grad.add_(grad_mem)
+        grad, spike_part = _fire_grads(ctx, grad_spk, grad_mem, mem, threshold, ctx.needs_input_grad[2])
+        zero = ctx.reset == "zero"
+        # reset_{t+1} = spk_t, needed only by the zero reset and the threshold's gradient
+        fired = (mem > threshold).to(mem.dtype) if zero or spike_part is not None else None
         for t in range(grad.shape[0] - 2, -1, -1):
-            grad[t].addcmul_(grad[t + 1], beta)  # beta stays a tensor: no device sync
+            if zero:
+                grad[t].addcmul_(grad[t + 1] * (1 - fired[t]), beta)
+            else:
+                grad[t].addcmul_(grad[t + 1], beta)  # beta stays a tensor: no device sync
         grad_current = grad.sum(0) if ctx.static else grad
-        return grad_current, None, None, None, None, None
+        grad_beta = None
+        if ctx.needs_input_grad[1]:  # what beta multiplies: the old membrane, zeroed where it fired
+            grad_beta = _reduce_to(grad[1:] * (mem[:-1] * (1 - fired[:-1]) if zero else mem[:-1]), beta)
+        grad_threshold = _threshold_grad(ctx.reset, spike_part, threshold, grad, fired)
+        return grad_current, grad_beta, grad_threshold, None, None, None, None, None
 
 
-def lif_sequence(current, beta, threshold, slope, num_steps=None, state_levels=None):
-    """Run a LIF layer over all time steps; returns (spikes, membrane), each [T, B, ...].
+def _threshold_grad(reset, spike_part, threshold, grad_pre, fired):
+    """dL/dthr: minus the spike tests' surrogate gradients, minus the subtracted resets' (grad_pre: dL/dpre_t)."""
+    if spike_part is None:
+        return None
+    total = spike_part.neg_()
+    if reset == "subtract":
+        total[1:].addcmul_(grad_pre[1:], fired[:-1], value=-1)
+    return _reduce_to(total, threshold)
+
+
+class _SynapticSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, current, alpha, beta, threshold, reset, surrogate, param, num_steps):
+        static = num_steps is not None
+        steps = num_steps if static else current.shape[0]
+        shape = torch.broadcast_shapes(current.shape if static else current.shape[1:], alpha.shape, beta.shape,
+                                       threshold.shape)
+        spk, mem = current.new_empty((steps, *shape)), current.new_empty((steps, *shape))
+        syn = current.new_empty(shape)
+        inputs = [current] * steps if static else current.unbind(0)
+        for t, cur in enumerate(inputs):
+            if t == 0:
+                syn.copy_(cur)  # alpha * 0 + I
+                mem[0].copy_(syn)  # beta * 0 + syn, and no reset from a zero membrane
+            else:
+                syn.mul_(alpha).add_(cur)
+                torch.mul(mem[t - 1], beta, out=mem[t]).add_(syn)
+                if reset == "subtract":
+                    mem[t].addcmul_(spk[t - 1], threshold, value=-1)
+                elif reset == "zero":
+                    mem[t].sub_(mem[t] * spk[t - 1])  # snnTorch's pre - pre * reset
+            torch.gt(mem[t], threshold, out=spk[t])
+        ctx.save_for_backward(mem, alpha, beta, threshold)
+        ctx.reset, ctx.surrogate, ctx.param, ctx.static = reset, surrogate, param, static
+        ctx.set_materialize_grads(False)
+        return spk, mem
+
+    @staticmethod
+    def backward(ctx, grad_spk, grad_mem):
+        mem, alpha, beta, threshold = ctx.saved_tensors
+        grad, spike_part = _fire_grads(ctx, grad_spk, grad_mem, mem, threshold, ctx.needs_input_grad[3])
+        fired = (mem > threshold).to(mem.dtype)
+        # keep_t = d mem_t / d pre_t: 1, or 1 - reset_t for zero (the whole pre_t is reset).
+        keep = torch.ones_like(mem)
+        if ctx.reset == "zero":
+            keep[1:] = 1 - fired[:-1]
+        for t in range(grad.shape[0] - 2, -1, -1):
+            grad[t].addcmul_(grad[t + 1] * keep[t + 1], beta)
+        grad_pre = grad * keep  # dL/dpre_t = dL/dsyn_t through the membrane
+        grad_syn = grad_pre.clone()
+        for t in range(grad.shape[0] - 2, -1, -1):
+            grad_syn[t].addcmul_(grad_syn[t + 1], alpha)
+        grad_current = grad_syn.sum(0) if ctx.static else grad_syn
+        grad_beta = _reduce_to(grad_pre[1:] * mem[:-1], beta) if ctx.needs_input_grad[2] else None
+        grad_threshold = _threshold_grad(ctx.reset, spike_part, threshold, grad_pre, fired)
+        return grad_current, None, grad_beta, grad_threshold, None, None, None, None
+
+
+def lif_sequence(current, beta, threshold, slope, num_steps=None, state_levels=None, reset="subtract",
+                 surrogate="fast_sigmoid"):
+    """Run a Leaky layer over all time steps; returns (spikes, membrane), each [T, B, ...].
 
     `current` is [T, B, ...], or [B, ...] with `num_steps` set when the same current enters at
-    every step. `beta` and `threshold` are tensors (e.g. a `snntorch.Leaky`'s buffers).
+    every step. `beta` and `threshold` are tensors (a `snntorch.Leaky`'s buffers or parameters:
+    gradients flow to them). `slope` is the surrogate's parameter (`qsnn.core.surrogates`).
     `state_levels` (from `state_levels`) quantizes the membrane after every update.
     """
-    beta = beta.detach().clamp(0, 1).to(current.dtype)
-    threshold = threshold.detach().to(current.dtype)
+    beta = beta.clamp(0, 1).to(current.dtype)  # snnTorch clamps beta in every forward
+    threshold = threshold.to(current.dtype)
     quantize = None
     if state_levels is not None:
         quantize = membrane_quantizer(state_levels.to(current.dtype), current, threshold)
-    return _LIFSequence.apply(current, beta, threshold, float(slope), num_steps, quantize)
+    return _LIFSequence.apply(current, beta, threshold, reset, surrogate, _param(slope), num_steps, quantize)
 
 
-def snntorch_state_quant(num_bits, threshold):
-    """snnTorch's uniform membrane quantizer (the reference execution's `Leaky(state_quant=...)`)."""
-    return state_quant(num_bits=num_bits, uniform=True, threshold=threshold,
-                       lower_limit=STATE_LOWER_LIMIT, upper_limit=STATE_UPPER_LIMIT)
+def synaptic_sequence(current, alpha, beta, threshold, param, num_steps=None, reset="subtract",
+                      surrogate="fast_sigmoid"):
+    """Run a Synaptic layer over all time steps (as `lif_sequence`); alpha's gradient is not computed."""
+    alpha = alpha.detach().clamp(0, 1).to(current.dtype)
+    beta, threshold = beta.clamp(0, 1).to(current.dtype), threshold.to(current.dtype)
+    return _SynapticSequence.apply(current, alpha, beta, threshold, reset, surrogate, _param(param), num_steps)
 
 
-def state_levels(num_bits, threshold):
-    """The 2^num_bits levels of `snntorch_state_quant(num_bits, threshold)`, same expression and rounding."""
-    return torch.linspace(-threshold - threshold * STATE_LOWER_LIMIT,
-                          threshold + threshold * STATE_UPPER_LIMIT, 2 << num_bits - 1)
+def _param(value):
+    """A surrogate parameter as a Python float (None for the parameter-free surrogates)."""
+    return None if value is None else float(value)
 
 
-def nearest_level(x, levels):
-    """snnTorch's StateQuant forward (closest level, the lower one on a tie), without its [N, 2^bits] distances.
+def neuron_step(lif, current, state):
+    """One step of any snnTorch neuron; state is what its reset_mem() returned. Returns (spk, mem, state).
 
-    The uniform spacing places x in its interval (levels[i], levels[i + 1]] to within one index,
-    one comparison with each end corrects that, and the distances to both ends (computed as
-    snnTorch computes them) choose. This is snnTorch's argmin whenever float rounding keeps
-    the distances to different levels apart (see `membrane_quantizer`).
+    snnTorch neurons take (input, *state) and return (spk, *outputs), the membrane last; the new
+    state is the last len(state) of (spk, *outputs) (RLeaky's state includes the spike).
     """
-    last = len(levels) - 1
-    spacing = (levels[-1] - levels[0]) / last
-    below = ((x - levels[0]) / spacing).floor_().clamp_(0, last - 1)
-    estimate = below.long()
-    below += (x > _take(levels, estimate + 1)).to(x.dtype)
-    below -= (x <= _take(levels, estimate)).to(x.dtype)
-    index = below.clamp_(0, last - 1).long()
-    lower, upper = _take(levels, index), _take(levels, index + 1)
-    index += (lower - x).abs_() > (upper - x).abs_()  # a tie keeps the lower level, as argmin does
-    return _take(levels, index)
+    states = state if isinstance(state, tuple) else (state,)
+    spk, *outputs = lif(current, *states)
+    new = (spk, *outputs)[-len(states):]
+    return spk, outputs[-1], new if isinstance(state, tuple) else new[0]
 
 
-def _take(levels, index):
-    """levels[index] for an index tensor of any shape (index_select: the fastest gather on CPU)."""
-    return levels.index_select(0, index.view(-1)).view(index.shape)
-
-
-def membrane_quantizer(levels, current, threshold):
-    """The per-step quantizer for a layer fed `current`: `nearest_level`, or snnTorch's own when unsafe.
-
-    A membrane before quantization is at most |I| + 2 max|level| + thr in size. While that stays
-    below 2^22 times the smallest level gap, float32 rounding cannot make two levels' distances
-    to it equal, so the nearest level (first on a tie) is what snnTorch's argmin picks. Beyond
-    (a diverging network, or NaN) snnTorch's argmin breaks such ties towards the lowest level;
-    then its StateQuant itself is used, so both executions still agree exactly.
-    """
-    levels = levels.to(current.device)
-    largest = current.detach().abs().max() + 2 * levels.abs().max() + threshold
-    smallest_gap = (levels[1:].double() - levels[:-1].double()).min()
-    if bool(largest < smallest_gap * 2**22):  # one device sync per layer and forward
-        return lambda mem: nearest_level(mem, levels)
-    return lambda mem: StateQuant.apply(mem, levels)
+def step_sequence(lif, current, num_steps=None):
+    """The general fallback: step the neuron module over t from its own initial state; (spikes, membrane)."""
+    state = lif.reset_mem()
+    spikes, mems = [], []
+    for cur in [current] * num_steps if num_steps is not None else current.unbind(0):
+        spk, mem, state = neuron_step(lif, cur, state)
+        spikes.append(spk)
+        mems.append(mem)
+    return torch.stack(spikes), torch.stack(mems)

@@ -57,9 +57,16 @@ def layer_specs(model, input_info):
 
 def neuron_constants(model):
     """The (beta, threshold) shared by every LIF layer; other settings are refused."""
+    import snntorch as snn
+
+    from qsnn.core.neuron_modules import reset_of
+
     lifs = [block.lif for block in model.blocks] + [model.head.lif]
+    if any(type(lif) is not snn.Leaky or lif.beta.numel() != 1 or lif.threshold.numel() != 1 for lif in lifs):
+        raise UserError("the integer export implements snnTorch Leaky neurons with one beta and threshold per "
+                        "layer (not Synaptic or other neurons, nor per-channel values)")
     values = {(float(lif.beta), float(lif.threshold)) for lif in lifs}
-    if len(values) != 1 or lifs[0].reset_mechanism != "subtract" or float(lifs[0].threshold) <= 0:
+    if len(values) != 1 or any(reset_of(lif) != "subtract" for lif in lifs) or float(lifs[0].threshold) <= 0:
         raise UserError("the integer export implements one positive threshold and beta shared by all layers "
                         "with reset by subtraction")
     beta, threshold = values.pop()
@@ -77,14 +84,19 @@ def export_model(model, dataset, membrane_bits, headroom_bits, beta_shift, input
 
 # ---------------------------------------------------------------- run folders and checkpoints
 
-UNSUPPORTED_KEYS = ("state_bits",)  # membrane quantization during training: not what this export implements
+# Keys whose other values this export does not implement, with the one value it does (a config that lacks a
+# key ran with it). state_bits: membrane quantization during training; learned beta and threshold may differ per
+# layer or channel; only the Leaky neuron with reset by subtraction. The surrogate only shapes training.
+UNSUPPORTED_KEYS = {"state_bits": None, "learn_beta": False, "learn_threshold": False,
+                    "reset_mechanism": "subtract", "neuron": "leaky"}
 
 
 def check_supported_config(cfg):
     """One-line refusal of settings the integer export does not implement."""
-    for key in UNSUPPORTED_KEYS:
-        if cfg.get(key) is not None:
-            raise UserError(f"config key {key!r} = {cfg[key]!r} is not implemented by the integer export")
+    for key, supported in UNSUPPORTED_KEYS.items():
+        if cfg.get(key, supported) != supported:
+            raise UserError(f"config key {key!r} = {cfg[key]!r} is not implemented by the integer export "
+                            f"(it implements {key} {supported!r})")
     unknown = sorted(k for k in set(cfg) - known_config_keys() if cfg[k] not in (None, False))
     if unknown:
         raise UserError(f"config key(s) {', '.join(unknown)} are not implemented by the integer export")

@@ -8,6 +8,7 @@ default here (the paper's MNIST values where the datasets differ).
 """
 from dataclasses import dataclass
 
+from qsnn.core.neuron_names import NEURONS, RESETS, SURROGATES
 from qsnn.core.schedules import PERIODS
 from qsnn.core.schedules import EPOCHS_TWINS as _SCHEDULE_TWINS
 from qsnn.data import registry
@@ -166,11 +167,27 @@ KEYS = (
     _k("num_steps_test", 600, "network", "frames per test sample", datasets=EVENT_DATASETS, loader=True, **_POS),
     _k("beta", 0.994, "network", "LIF membrane decay per step", check=unit, allowed="within [0, 1]"),
     _k("threshold", 2.915, "network", "LIF firing threshold", **_POS),
-    _k("slope", 13.84, "network", "fast-sigmoid surrogate gradient slope", **_POS),
+    _k("slope", 13.84, "network", "surrogate gradient slope of fast_sigmoid (the paper's) and sigmoid", **_POS),
     _k("dropout", 0.003168, "network", "dropout before the output layer", check=below_one, allowed="within [0, 1)"),
     _k("batch_norm", True, "network", "BatchNorm2d after each conv + pool"),
     _k("state_bits", None, "network", "LIF membrane bit width; None = float membranes", type=int, nullable=True,
        check=bit_width, allowed="None (float membranes) or 1..16"),
+    # the spiking neuron (defaults: the paper's snnTorch Leaky); qsnn.core.neurons states the maths
+    _k("neuron", "leaky", "network", "leaky (snnTorch Leaky, the paper's) | synaptic (snnTorch Synaptic: a synaptic "
+       "current syn_t = alpha syn_{t-1} + I_t feeds the membrane; with state_bits both are quantized and the fast "
+       "execution steps it per time step)", choices=NEURONS),
+    _k("alpha", 0.9, "network", "synaptic: synaptic current decay per step", check=unit, allowed="within [0, 1]"),
+    _k("reset_mechanism", "subtract", "network", "membrane reset after a spike: subtract (the threshold, the "
+       "paper's) | zero (to zero) | none (no reset), as in snnTorch", choices=RESETS),
+    _k("surrogate", "fast_sigmoid", "network", "surrogate gradient of the spike: fast_sigmoid (slope; the "
+       "paper's) | atan (surrogate_alpha) | sigmoid (slope; snnTorch's formula gives NaN gradients where "
+       "slope (mem - thr) < -88) | triangular | straight_through (snnTorch's)",
+       choices=SURROGATES),
+    _k("surrogate_alpha", 2.0, "network", "atan surrogate: its alpha (snnTorch's default 2)", **_POS),
+    _k("learn_beta", False, "network", "train the membrane decay beta (clamped to [0, 1], as snnTorch does)"),
+    _k("learn_threshold", False, "network", "train the firing threshold"),
+    _k("learn_per_channel", False, "network", "learn_beta / learn_threshold: one value per output channel of each "
+       "layer (conv: [C, 1, 1], head: one per class); False = one value per layer"),
     # training
     _k("correct_rate", 0.8, "training", "mse_count_loss: target firing rate of the correct class", check=unit,
        allowed="within [0, 1]"),
