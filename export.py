@@ -149,7 +149,8 @@ def export_nir(args):
     from qsnn.core.loop import test_steps
     from qsnn.deploy import nir_export
 
-    cfg, model, source = integer_export.load_trial(args.run_dir, args.trial)
+    cfg, model, source = integer_export.load_trial(args.run_dir, args.trial, nir_export.UNSUPPORTED_KEYS,
+                                                   "the NIR export")
     dt = nir_export.DEFAULT_DT if args.dt is None else args.dt
     encoding = "static" if integer_export.input_info_for(cfg["dataset"])["kind"] == "pixel_codes" else "events"
     graph = nir_export.to_nir(model, input_shape(cfg), dt, test_steps(cfg), encoding, args.fold_pool)

@@ -137,8 +137,13 @@ def test_leaky_whose_reset_was_changed_after_construction_is_refused():
 @pytest.fixture
 def run_dir(tmp_path):
     """A run folder as training writes it (config.json, status.json, best checkpoint), untrained weights."""
+    return make_run(tmp_path)
+
+
+def make_run(tmp_path, **keys):
+    """A run folder of the digits demo network at 4 steps, with config keys changed by `keys`."""
     cfg = demo_config()
-    cfg.update(dataset="digits", num_steps=4, exp_name="tiny", output_dir=str(tmp_path))
+    cfg.update(dataset="digits", num_steps=4, exp_name="tiny", output_dir=str(tmp_path), **keys)
     folder = tmp_path / "tiny"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"exp_name": "tiny", "config": cfg}))
@@ -168,3 +173,27 @@ def test_cli_bad_option_is_one_error_line_exit_2(run_dir, capsys, extra, expecte
     code = export.main([str(run_dir), *extra])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_a_network_trained_with_reset_zero_exports_to_nir_but_not_to_the_integer_bundle(tmp_path, capsys):
+    folder = make_run(tmp_path, reset_mechanism="zero")
+    assert export.main([str(folder), "--format", "nir", "--check", "--limit", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "reset zero, 12 test samples" in out and "LIFs rebuilt" not in out  # trained so: one table
+    assert nir.read(folder / "nir_tiny_t0.nir").nodes["lif1"].metadata["reset_mechanism"] == "zero"
+    assert export.main([str(folder)]) == 2  # the integer runtime implements reset by subtraction only
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: config key 'reset_mechanism' = 'zero' is not implemented by the integer export "
+                   "(it implements reset_mechanism 'subtract')"]
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({"neuron": "synaptic"}, "config key 'neuron' = 'synaptic' is not implemented by the NIR export"),
+    ({"learn_beta": True, "learn_per_channel": True}, "one beta and one threshold per layer"),
+])
+def test_what_nir_export_does_not_implement_is_one_error_line(tmp_path, capsys, keys, expected):
+    folder = make_run(tmp_path, **keys)
+    assert export.main([str(folder), "--format", "nir"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0]
+    assert not (folder / "nir_tiny_t0.nir").exists()

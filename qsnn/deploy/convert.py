@@ -91,11 +91,11 @@ UNSUPPORTED_KEYS = {"state_bits": None, "learn_beta": False, "learn_threshold": 
                     "reset_mechanism": "subtract", "neuron": "leaky"}
 
 
-def check_supported_config(cfg):
-    """One-line refusal of settings the integer export does not implement."""
-    for key, supported in UNSUPPORTED_KEYS.items():
+def check_supported_config(cfg, unsupported=None, export="the integer export"):
+    """One-line refusal of settings an export does not implement (`unsupported`: key -> the value it does)."""
+    for key, supported in (UNSUPPORTED_KEYS if unsupported is None else unsupported).items():
         if cfg.get(key, supported) != supported:
-            raise UserError(f"config key {key!r} = {cfg[key]!r} is not implemented by the integer export "
+            raise UserError(f"config key {key!r} = {cfg[key]!r} is not implemented by {export} "
                             f"(it implements {key} {supported!r})")
     unknown = sorted(k for k in set(cfg) - known_config_keys() if cfg[k] not in (None, False))
     if unknown:
@@ -197,8 +197,9 @@ def plain_number(value):
     return value if math.isfinite(value) else None
 
 
-def load_trial(run_dir, trial=None):
-    """(config, model in eval mode, checkpoint facts) from the best checkpoint of a trial of a run folder.
+def load_trial(run_dir, trial=None, unsupported=None, export="the integer export"):
+    """(config, model in eval mode, checkpoint facts) from the best checkpoint of a trial of a run folder;
+    `unsupported` and `export` as in check_supported_config (default: the integer export's).
 
     The checkpoint is checked against the folder's config.json before anything is built from it: a file
     copied in from another experiment would otherwise give that experiment's weights this run's name.
@@ -207,7 +208,7 @@ def load_trial(run_dir, trial=None):
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder")
     cfg, exp = run_config(run_dir)
-    check_supported_config(cfg)
+    check_supported_config(cfg, unsupported, export)
     check_test_steps(cfg, run_dir / "config.json")
     from qsnn.runs import runlog  # torch only from here on: the refusals above need none
     from qsnn.core.models import build_model

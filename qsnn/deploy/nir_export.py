@@ -15,6 +15,7 @@ Each conv block becomes Conv2d -> AvgPool2d -> LIF and the head Flatten -> Linea
 The default dt, 1e-4 s, is the step that snnTorch 1.0's `import_from_nir` hard-codes.
 """
 import numpy as np
+import snntorch as snn
 
 import torch
 
@@ -22,6 +23,9 @@ from qsnn.core.models import effective_weight, fold_avg_pool, weight_codes
 from qsnn.deploy.convert import batch_norm_affine
 from qsnn.errors import UserError
 
+# Config keys whose other values the NIR export does not implement (key -> the one it does): quantized
+# membranes, and the Synaptic neuron (NIR's CubaLIF would carry it; not written yet).
+UNSUPPORTED_KEYS = {"state_bits": None, "neuron": "leaky"}
 DEFAULT_DT = 1e-4  # snnTorch 1.0's importer assumes this step; Norse's from_nir takes dt as an argument
 RESETS = ("subtract", "zero", "none")
 
@@ -46,6 +50,11 @@ def computed_reset(lif):
 
 def lif_settings(lif):
     """(beta, threshold, reset mechanism, reset_delay) of one snn.Leaky, refused if NIR cannot carry it."""
+    if not isinstance(lif, snn.Leaky) or type(lif) is not snn.Leaky:
+        raise UserError(f"NIR export implements snn.Leaky neurons, not {type(lif).__name__}")
+    if lif.beta.numel() != 1 or lif.threshold.numel() != 1:
+        raise UserError("NIR export implements one beta and one threshold per layer; this network learned one "
+                        "per channel (learn_per_channel true)")
     beta, threshold = float(lif.beta), float(lif.threshold)
     if lif.reset_mechanism not in RESETS:
         raise UserError(f"reset_mechanism {lif.reset_mechanism!r} is not one of {', '.join(RESETS)}")
