@@ -37,6 +37,7 @@ from torch.utils.benchmark.utils.timer import timer as synced_clock  # noqa: E40
 from qsnn.data.loaders import TensorBatches  # noqa: E402
 from qsnn.core.equivalence import compare_executions  # noqa: E402
 from qsnn.runs.memory import keep_freed_memory  # noqa: E402
+from qsnn.core import models  # noqa: E402  (CHANNELS_LAST_ON_CPU, switched per path with --nchw)
 from qsnn.core.models import QSNN, architecture  # noqa: E402
 from qsnn.data import registry  # noqa: E402
 from qsnn.core.loop import clamp_weights, run_network, train_epoch  # noqa: E402
@@ -120,8 +121,9 @@ def make_batch(cfg, steps, device, density):
 class Runner:
     """One way of running the network: its own copy of the weights, its own optimizer, its timings."""
 
-    def __init__(self, label, base, cfg, execution, time_chunk=0, compiled=False):
+    def __init__(self, label, base, cfg, execution, time_chunk=0, compiled=False, channels_last=True):
         self.label, self.cfg = label, cfg
+        self.channels_last = channels_last  # models.CHANNELS_LAST_ON_CPU while this path runs
         self.module = copy.deepcopy(base)
         self.module.execution, self.module.time_chunk = execution, time_chunk
         # dynamic=False: the shapes never change here, and dynamic-shape tracing of the LIF loop can fail.
@@ -177,6 +179,7 @@ def time_phase(paths, phase, x, y, steps, warmup, iters, meter):
         path.module.train(phase == "train")
     for i in range(warmup + iters):
         for path in paths:
+            models.CHANNELS_LAST_ON_CPU = path.channels_last
             start = synced_clock()
             step(path, x, y, steps)
             if i >= warmup:
@@ -185,9 +188,11 @@ def time_phase(paths, phase, x, y, steps, warmup, iters, meter):
             log(f"  {phase} timed {i - warmup + 1}/{iters}: "
                 + ", ".join(f"{p.label} {p.times[phase][-1]:.3f}s" for p in paths))
     for path in paths:
+        models.CHANNELS_LAST_ON_CPU = path.channels_last
         meter.start()
         step(path, x, y, steps)
         path.memory[phase] = meter.stop()
+    models.CHANNELS_LAST_ON_CPU = True
     return {path.label: Measurement(1, path.times[phase], TaskSpec(f"{phase}()", "pass", label=path.label,
                                                                    num_threads=torch.get_num_threads()))
             for path in paths}
@@ -280,6 +285,8 @@ OPTIONS = [  # (flag, argparse keywords)
     ("--event-density", dict(type=float, default=EVENT_DENSITY, help="DVS: P(event) per pixel, polarity, step")),
     ("--no-reference", dict(action="store_true", help="time the fast path(s) only (no × ref, no agreement checks)")),
     ("--no-check", dict(action="store_true", help="skip the output/gradient agreement checks")),
+    ("--nchw", dict(action="store_true", help="also time the fast path with NCHW convolutions (on CPU it uses "
+                                              "channels_last: qsnn.core.models.CHANNELS_LAST_ON_CPU)")),
     ("--threads", dict(type=int, help="torch.set_num_threads (default: torch's choice)")),
     ("--malloc-default", dict(action="store_true", help="no qsnn.runs.memory.keep_freed_memory() (training calls it)")),
 ]
@@ -334,6 +341,9 @@ def bench_config(name, args, meter, report):
     runners = [] if args.no_reference else [Runner("reference", base, cfg, "reference")]
     runners += [Runner(f"fast (time_chunk={item}{': all steps' if value in (0, steps) else ''})", base, cfg, "fast",
                        value) for item, value in chunks]
+    if args.nchw:  # the default layout beside the channels_last one the fast path uses on CPU
+        runners.append(Runner(f"fast (time_chunk={chunks[0][0]}), NCHW convs", base, cfg, "fast", chunks[0][1],
+                              channels_last=False))
     if args.compile:
         compiled = Runner(f"fast+compile (time_chunk={chunks[0][0]})", base, cfg, "fast", chunks[0][1], True)
         runners += [compiled] if compiles(compiled, x, y, steps, report["notes"]) else []

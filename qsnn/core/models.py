@@ -186,10 +186,23 @@ def conv_over_time(x, weight, time_chunk, stride=2, padding=0):
     (0: all at once)."""
     steps = x.shape[0]
     chunk = steps if time_chunk <= 0 else time_chunk
+    layout = channels_last_on(x)
+    weight = weight.contiguous(memory_format=layout)
     # unbind/split give views; indexing x[t] inside autograd would cost a full-size gradient per step.
-    outputs = [F.conv2d(part.flatten(0, 1), weight, stride=stride, padding=padding).unflatten(0, part.shape[:2])
-               for part in x.split(chunk, dim=0)]
+    outputs = [F.conv2d(part.flatten(0, 1).contiguous(memory_format=layout), weight, stride=stride,
+                        padding=padding).unflatten(0, part.shape[:2]) for part in x.split(chunk, dim=0)]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+
+
+# oneDNN's NHWC (channels_last) kernels on CPU: a paper-MNIST training iteration 9% faster (0.547 against
+# 0.600 s/it, 150 MiB less peak memory) and eval 8% faster than NCHW on the 2-core Intel Xeon (AMX) host,
+# DVS unchanged (`bench/bench_speed.py --nchw` times both). GPUs keep torch's default layout: not measured.
+CHANNELS_LAST_ON_CPU = True
+
+
+def channels_last_on(x):
+    """The memory format for the spike-fed convolutions of x's device."""
+    return torch.channels_last if CHANNELS_LAST_ON_CPU and x.device.type == "cpu" else torch.contiguous_format
 
 
 class SpikingHead(nn.Module):
