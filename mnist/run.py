@@ -24,6 +24,15 @@ config = {
     "dropout": 0.003168,  # dropout before the output layer
     "batch_norm": True,  # BatchNorm2d after each conv + pool
     "state_bits": None,  # LIF membrane bit width (snnTorch state_quant, levels -thr..1.2 thr); None = float
+    # the neuron (the paper's: snnTorch Leaky, reset by subtraction, fixed beta and threshold, fast sigmoid)
+    "neuron": "leaky",  # leaky | synaptic (snnTorch Synaptic: a synaptic current decaying by alpha feeds the membrane)
+    "alpha": 0.9,  # synaptic: synaptic current decay per step
+    "reset_mechanism": "subtract",  # after a spike: subtract (the threshold) | zero | none
+    "surrogate": "fast_sigmoid",  # spike gradient: fast_sigmoid, sigmoid (both use slope) | atan (surrogate_alpha) | triangular | straight_through
+    "surrogate_alpha": 2.0,  # atan: the surrogate's alpha
+    "learn_beta": False,  # train beta with the weights
+    "learn_threshold": False,  # train the threshold with the weights
+    "learn_per_channel": False,  # learned beta/threshold: one per output channel (conv) or class (head) instead of one per layer
     # conv layers: conv (no bias, zero padding) -> average pool -> BatchNorm -> LIF, then the linear head
     "conv_channels": None,  # output channels of each conv layer, e.g. [16, 32, 64] or --conv_channels 16,32,64 (three layers); None = the paper's 16, 64
     "kernel_size": 5,  # conv kernel side: one value for every conv layer, or one per layer (--kernel_size 5,3,3)
