@@ -50,3 +50,23 @@ def tiny_config(mnist_dir, tmp_path):
 def as_argv(overrides):
     """['--key', 'value', ...] for a dict of config overrides."""
     return [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+
+
+def untrained_run_folder(tmp_path, **keys):
+    """A run folder as training writes it (config.json, status.json, best checkpoint) of the digits demo network
+    at 4 steps with untrained weights, config keys changed by `keys`: what the exports read."""
+    import json
+    import runpy
+
+    from qsnn.core.models import build_model
+
+    cfg = runpy.run_path(str(ROOT / "mnist" / "run.py"))["config"]
+    cfg.update(dataset="digits", num_steps=4, exp_name="tiny", output_dir=str(tmp_path), **keys)
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"exp_name": "tiny", "config": cfg}))
+    (folder / "status.json").write_text(json.dumps({"trials": {"0": {"best_score": 50.0}}}))
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg).state_dict(), "epoch": 1, "test_acc": 50.0, "val_acc": None,
+                "config": cfg}, folder / "tiny_t0.pt")
+    return folder

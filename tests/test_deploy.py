@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import export
+from conftest import untrained_run_folder
 from qsnn.deploy import bundle_files, convert as integer_export, runtime as deploy
-from qsnn.core.models import QSNN, architecture, build_model, fold_avg_pool
+from qsnn.core.models import QSNN, architecture, fold_avg_pool
 
 from qsnn.data import registry  # noqa: E402
 
@@ -161,18 +162,7 @@ def test_bundle_round_trip_needs_only_numpy(tmp_path):
 @pytest.fixture
 def run_dir(tmp_path):
     """A run folder as training writes it (config.json, status.json, best checkpoint), untrained weights."""
-    import runpy
-
-    cfg = runpy.run_path(str(ROOT / "mnist" / "run.py"))["config"]
-    cfg.update(dataset="digits", num_steps=4, exp_name="tiny", output_dir=str(tmp_path))
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"exp_name": "tiny", "config": cfg}))
-    (folder / "status.json").write_text(json.dumps({"trials": {"0": {"best_score": 50.0}}}))
-    torch.manual_seed(0)
-    torch.save({"model": build_model(cfg).state_dict(), "epoch": 1, "test_acc": 50.0, "val_acc": None,
-                "config": cfg}, folder / "tiny_t0.pt")
-    return folder
+    return untrained_run_folder(tmp_path)
 
 
 def test_export_writes_bundle_and_table(run_dir, capsys):

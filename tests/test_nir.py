@@ -3,7 +3,6 @@
 The model is the digits network (1x28x28 -> 16 -> 64 -> 10) with random 4-bit weights and BatchNorm
 statistics made non-trivial, so that every layer spikes; the inputs are the first test digits.
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,12 @@ import torch
 nir = pytest.importorskip("nir")
 
 import export  # noqa: E402
-from qsnn.core.models import QSNN, architecture, build_model, effective_weight  # noqa: E402
+from qsnn.core.models import QSNN, architecture, effective_weight  # noqa: E402
 from qsnn.data import registry  # noqa: E402
 from qsnn.deploy import convert, nir_check  # noqa: E402
 from qsnn.deploy.nir_export import read_nir, to_nir, write_nir  # noqa: E402
 from qsnn.deploy.nir_run import run_graph  # noqa: E402
+from conftest import untrained_run_folder  # noqa: E402
 from qsnn.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,16 +142,7 @@ def run_dir(tmp_path):
 
 def make_run(tmp_path, **keys):
     """A run folder of the digits demo network at 4 steps, with config keys changed by `keys`."""
-    cfg = demo_config()
-    cfg.update(dataset="digits", num_steps=4, exp_name="tiny", output_dir=str(tmp_path), **keys)
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"exp_name": "tiny", "config": cfg}))
-    (folder / "status.json").write_text(json.dumps({"trials": {"0": {"best_score": 50.0}}}))
-    torch.manual_seed(0)
-    torch.save({"model": build_model(cfg).state_dict(), "epoch": 1, "test_acc": 50.0, "val_acc": None,
-                "config": cfg}, folder / "tiny_t0.pt")
-    return folder
+    return untrained_run_folder(tmp_path, **keys)
 
 
 def test_cli_writes_a_readable_nir_file_and_checks_it(run_dir, capsys):
