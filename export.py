@@ -19,10 +19,10 @@ from qsnn.deploy import bundle_files, convert as integer_export, runtime as depl
 from qsnn.errors import UserError  # noqa: E402
 from qsnn.runs.cli import ArgumentParser, report_user_errors  # noqa: E402  (usage mistakes as one-line UserErrors)
 
-# membrane_bits: 8 bits already agree with PyTorch on 100% of the digits demo's predictions but flip 28% of
-# output spikes (7 bits: 99.44%); 16 bits keep predictions and flip under 1% of the spikes that the integer
-# arithmetic decides (see the README's table), a safer default for other models. headroom 1 beat 2..6
-# at every width on the demo: the threshold's resolution matters more than saturating far-negative membranes.
+# membrane_bits: on the digits demo (docs/deployment.md's measured table) 8 bits keep 99.2% of PyTorch's predictions
+# but flip 27% of output spikes; 16 bits keep every prediction and flip about 1% of the spikes that the integer
+# arithmetic decides, a safe default for other models. headroom 1 beat 2..6 at every width on the demo: the
+# threshold's resolution matters more than saturating far-negative membranes.
 DEFAULTS = {"membrane_bits": 16, "headroom_bits": 1, "beta_bits": 24}
 
 
