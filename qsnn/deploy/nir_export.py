@@ -16,10 +16,11 @@ The default dt, 1e-4 s, is the step that snnTorch 1.0's `import_from_nir` hard-c
 """
 import numpy as np
 import snntorch as snn
-
 import torch
 
 from qsnn.core.models import effective_weight, fold_avg_pool, weight_codes
+from qsnn.core.neuron_modules import reset_of
+from qsnn.core.neuron_names import RESETS
 from qsnn.deploy.convert import batch_norm_affine
 from qsnn.errors import UserError
 
@@ -27,7 +28,6 @@ from qsnn.errors import UserError
 # membranes, and the Synaptic neuron (NIR's CubaLIF would carry it; not written yet).
 UNSUPPORTED_KEYS = {"state_bits": None, "neuron": "leaky"}
 DEFAULT_DT = 1e-4  # snnTorch 1.0's importer assumes this step; Norse's from_nir takes dt as an argument
-RESETS = ("subtract", "zero", "none")
 
 
 def require_nir():
@@ -39,13 +39,10 @@ def require_nir():
     return nir
 
 
-# snnTorch 1.0's Leaky picks its update function in __init__; setting reset_mechanism later does not change it
-STATE_FUNCTIONS = {"_base_sub": "subtract", "_base_zero": "zero", "_base_int": "none"}
-
-
 def computed_reset(lif):
-    """The reset an snn.Leaky really computes (its state function), which may differ from reset_mechanism."""
-    return STATE_FUNCTIONS.get(getattr(lif.state_function, "__name__", None), lif.reset_mechanism)
+    """The reset an snn.Leaky really computes (qsnn.core.neuron_modules.reset_of: its state function, which
+    snnTorch 1.0 picks in __init__), its reset_mechanism where the state function is not one snnTorch names."""
+    return reset_of(lif) or lif.reset_mechanism
 
 
 def lif_settings(lif):
