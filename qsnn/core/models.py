@@ -21,6 +21,7 @@ The neuron keys (`neuron`, `reset_mechanism`, `surrogate`, `learn_beta`, `learn_
 `learn_per_channel`, `alpha`) choose the snnTorch neuron the reference steps; the fast execution runs
 the same maths in `qsnn.core.neurons`, and steps the module itself for any neuron it does not fuse.
 """
+import inspect
 import logging
 import warnings
 
@@ -29,7 +30,6 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import brevitas.nn as qnn  # noqa: E402
 import numpy as np
-import snntorch as snn
 import torch
 import torch.nn.functional as F
 from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
@@ -38,8 +38,7 @@ from torch import nn
 from qsnn.errors import UserError
 from qsnn.core.geometry import (ARCHITECTURE_DEFAULTS, architecture, config_layers, conv_layers,  # noqa: F401
                                 geometry_problem, layer_bits, map_sizes, per_layer)  # (re-exported)
-from qsnn.core.neuron_modules import (NEURON_DEFAULTS, make_neuron, neuron_problems, reset_of,  # noqa: F401
-                                       run_neuron)
+from qsnn.core.neuron_modules import make_neuron, neuron_problems, reset_of, run_neuron
 from qsnn.core.neurons import neuron_step, snntorch_state_quant, state_levels
 from qsnn.core.surrogates import spike_function, surrogate_parameter
 
@@ -294,11 +293,12 @@ class QSNN(nn.Module):
         return [(torch.stack(spk), torch.stack(mem)) for spk, mem in record]
 
     def _run_fast(self, x, num_steps):
-        fused = [self.fused_neuron(module) for module in self.blocks] + [self.fused_neuron(self.head)]
-        problems = self.unsupported_by_fast()
-        if problems:  # stepped: still exact, only slower
+        modules = [*self.blocks, self.head]
+        problems = [self._neuron_problems(module) for module in modules]  # checked once per forward
+        if any(problems):  # stepped: still exact, only slower
             warnings.warn(f"the fast execution steps these neurons one time step at a time (its fused path does "
-                          f"not implement {'; '.join(problems)})", stacklevel=3)
+                          f"not implement {'; '.join(self._named(problems))})", stacklevel=3)
+        fused = [None if found else self.fused_neuron(module) for module, found in zip(modules, problems)]
         layers, out = [], x
         for i, block in enumerate(self.blocks):
             out, mem = block.run(out, fused[i], num_steps if i == 0 else None, self.time_chunk)
@@ -307,9 +307,7 @@ class QSNN(nn.Module):
         return layers
 
     def fused_neuron(self, module):
-        """{"surrogate", "param", "reset"} when the fused Functions implement module.lif exactly, else None (stepped)."""
-        if self._neuron_problems(module):
-            return None
+        """{"surrogate", "param", "reset"}: how the fused Functions run module.lif (one they implement exactly)."""
         return {"surrogate": self.surrogate, "param": self.surrogate_param, "reset": reset_of(module.lif)}
 
     def _neuron_problems(self, module):
@@ -320,8 +318,12 @@ class QSNN(nn.Module):
     def unsupported_by_fast(self):
         """Neuron settings (changed after construction) that the fused path does not implement: those layers'
         neurons are stepped instead (exact, slower)."""
-        named = [*((f"blocks.{i}", b) for i, b in enumerate(self.blocks)), ("head", self.head)]
-        return [f"{name}: {problem}" for name, module in named for problem in self._neuron_problems(module)]
+        return self._named([self._neuron_problems(module) for module in [*self.blocks, self.head]])
+
+    def _named(self, problems):
+        """Each layer's problems (blocks, then the head) as "blocks.i: problem" / "head: problem"."""
+        names = [*(f"blocks.{i}" for i in range(len(self.blocks))), "head"]
+        return [f"{name}: {problem}" for name, found in zip(names, problems) for problem in found]
 
 
 def build_model(cfg):
@@ -332,4 +334,10 @@ def build_model(cfg):
                 threshold=cfg["threshold"], slope=cfg["slope"], dropout=cfg["dropout"],
                 batch_norm=cfg["batch_norm"], execution=cfg["execution"],
                 time_chunk=cfg["time_chunk"], state_bits=cfg.get("state_bits"),
-                **{key: cfg.get(key, default) for key, default in NEURON_DEFAULTS.items()})
+                **{key: cfg.get(key, NEURON_DEFAULTS[key].default) for key in NEURON_KEYS})
+
+
+# The neuron keywords of QSNN; a config written before a key existed ran with its default here.
+NEURON_KEYS = ("neuron", "reset_mechanism", "surrogate", "surrogate_alpha", "learn_beta", "learn_threshold",
+               "learn_per_channel", "alpha")
+NEURON_DEFAULTS = inspect.signature(QSNN).parameters

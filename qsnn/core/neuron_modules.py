@@ -7,11 +7,6 @@ from torch import nn
 from qsnn.core.neurons import lif_sequence, step_sequence, synaptic_sequence
 from qsnn.errors import UserError
 
-# QSNN's neuron keywords and their defaults (the paper's Leaky), for configs written before the keys existed.
-NEURON_DEFAULTS = dict(neuron="leaky", reset_mechanism="subtract", surrogate="fast_sigmoid", surrogate_alpha=2.0,
-                       learn_beta=False, learn_threshold=False, learn_per_channel=False, alpha=0.9)
-
-
 def run_neuron(lif, current, fused, num_steps=None, state_levels=None):
     """Fast: the neuron over every step of `current`, by its fused Function (fused: a dict) or by stepping lif."""
     if fused is None:
