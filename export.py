@@ -83,16 +83,7 @@ def check_nir_args(args):
         raise UserError("--limit only applies to the comparison; add --check or drop --limit")
     if args.dt is not None and not (args.dt > 0 and args.dt < float("inf")):
         raise UserError(f"--dt {args.dt} is not allowed; give a positive time step in seconds, such as 1e-4")
-    if args.out is None:
-        check_out(None, args.run_dir)
-        return
-    path = nir_path(args.out, None)
-    if Path(args.out).is_dir() or path.is_dir():
-        raise UserError(f"--out {args.out} is a folder; give a file name, such as --out {Path(args.out) / 'model'}")
-    if not path.parent.is_dir():
-        raise UserError(f"--out {args.out}: the folder {path.parent} does not exist; create it first or choose "
-                        "another --out")
-    check_writable(path.parent, f"--out {args.out}: the folder {path.parent}", "choose another --out")
+    check_out(args.out, args.run_dir, lambda out: [nir_path(out, None)], "file name")
 
 
 def nir_path(out, default):
@@ -101,18 +92,19 @@ def nir_path(out, default):
     return path if path.suffix == ".nir" else path.with_name(path.name + ".nir")
 
 
-def check_out(out, run_dir):
-    """Refuse an --out (or, without one, a run folder) that the bundle cannot be written to."""
+def check_out(out, run_dir, paths_of=bundle_files.bundle_paths, what="bundle name"):
+    """Refuse an --out (or, without one, a run folder) that the output cannot be written to; `paths_of(out)`: the
+    files it would write (the bundle's two by default)."""
     if out is None:
         if Path(run_dir).is_dir():  # a missing run folder is load_trial's refusal
             check_writable(Path(run_dir), f"the run folder {run_dir}", "give --out elsewhere")
         return
     if Path(out).is_dir():
-        raise UserError(f"--out {out} is a folder; give a bundle name, such as --out {Path(out) / 'model'}")
-    for path in bundle_files.bundle_paths(out):
+        raise UserError(f"--out {out} is a folder; give a {what}, such as --out {Path(out) / 'model'}")
+    for path in paths_of(out):
         if path.is_dir():
             raise UserError(f"--out {out} would write {path}, which is a folder; choose another --out")
-    folder = bundle_files.bundle_paths(out)[0].parent
+    folder = paths_of(out)[0].parent
     if not folder.is_dir():
         raise UserError(f"--out {out}: the folder {folder} does not exist; create it first or choose another --out")
     check_writable(folder, f"--out {out}: the folder {folder}", "choose another --out")
