@@ -80,6 +80,7 @@ config = {
     "tensor_data": True,  # batch from tensors on the device (fast); False = torchvision DataLoader
     "num_workers": 0,  # DataLoader worker processes (only with tensor_data False)
     "sync_batch_norm": False,  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)
+    "compute_precision": "fp32",  # fp32 | bf16: spike-fed layers on integer codes with exact sums (CPU: oneDNN int8), their gradients in bf16; LIF, BatchNorm, first layer stay fp32
     # analysis
     "snapshots": "off",  # save the model for landscape.py: off | epoch (every epoch end) | extrema (LR troughs, peaks)
 }

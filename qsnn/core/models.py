@@ -40,6 +40,7 @@ from qsnn.core.geometry import (ARCHITECTURE_DEFAULTS, architecture, config_laye
                                 geometry_problem, layer_bits, map_sizes, per_layer)  # (re-exported)
 from qsnn.core.neuron_modules import make_neuron, neuron_problems, reset_of, run_neuron
 from qsnn.core.neurons import neuron_step, snntorch_state_quant, state_levels
+from qsnn.core.precision import PRECISIONS, exact_kernel, exact_spike_layer, fold_pool_sum
 from qsnn.core.surrogates import spike_function, surrogate_parameter
 
 
@@ -87,11 +88,18 @@ def fold_avg_pool(weight, pool=2):
 
     The padding of the conv stays as it is (it pads the input of both). pool 1 is K itself.
     """
-    if pool == 1:
-        return weight
-    last = pool - 1
-    shifted = [F.pad(weight, (left, last - left, top, last - top)) for top in range(pool) for left in range(pool)]
-    return sum(shifted[1:], shifted[0]) / pool**2
+    return weight if pool == 1 else fold_pool_sum(weight, pool) / pool**2
+
+
+def integer_weight(layer, pool=1):
+    """For compute_precision bf16: (fp32 weight with the pool folded in, differentiable; its integer codes
+    (int32); the scale [O] with weight == codes * scale), from one quant_weight() call; None for float weights."""
+    if not isinstance(layer, (qnn.QuantConv2d, qnn.QuantLinear)):
+        return None
+    quant = layer.quant_weight()
+    codes = fold_pool_sum(quant.int().to(torch.int32), pool)  # int32: sums of 8-bit codes overflow int8
+    scale = quant.scale.detach().float().reshape(-1).expand(len(codes)) / pool**2
+    return fold_avg_pool(quant.value, pool), codes, scale.contiguous()
 
 
 def batch_norm_static(x, bn, num_steps):
@@ -159,19 +167,29 @@ class SpikingConvBlock(nn.Module):
             current = self.bn(current)
         return neuron_step(self.lif, current, state)
 
-    def pooled_current(self, x, time_chunk=0):
+    def pooled_current(self, x, time_chunk=0, exact=False):
         """Fast: conv then pool as one strided conv (the pool folded in), for a static x [B, C, H, W]
-        (one map) or every step of x [T, B, C, H, W]; what the BatchNorm then normalises."""
-        weight = fold_avg_pool(effective_weight(self.conv), self.pool_size)
-        if x.dim() == 4:
-            return F.conv2d(x, weight, stride=self.pool_size, padding=self.padding)
-        return conv_over_time(x, weight, time_chunk, self.pool_size, self.padding)
+        (one map) or every step of x [T, B, C, H, W]; what the BatchNorm then normalises.
 
-    def run(self, x, fused, num_steps=None, time_chunk=0):
+        exact (0/1 spikes in x, compute_precision bf16): integer codes with exact sums where a kernel allows."""
+        found = integer_weight(self.conv, self.pool_size) if exact else None
+        kernel, why = exact_kernel(found[1], x.device) if found else (None, "float weights have no integer codes")
+        if exact and kernel is None:
+            warnings.warn(f"compute_precision bf16: a conv layer stays fp32 ({why})", stacklevel=4)
+        weight = found[0] if found else fold_avg_pool(effective_weight(self.conv), self.pool_size)
+        if x.dim() == 4:
+            layout = channels_last_on(x)  # its output's layout, which the LIF trace and the next conv keep
+            return F.conv2d(x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout),
+                            stride=self.pool_size, padding=self.padding)
+        integer = (found[1], found[2], kernel) if kernel else None
+        return conv_over_time(x, weight, time_chunk, self.pool_size, self.padding, integer)
+
+    def run(self, x, fused, num_steps=None, time_chunk=0, exact=False):
         """Fast: all steps of x [T, B, C, H, W], or of a static x [B, C, H, W] repeated num_steps times.
 
-        `fused` (QSNN.fused_neuron) says how the neuron runs: its fused Function, or None to step it."""
-        current = self.pooled_current(x, time_chunk)
+        `fused` (QSNN.fused_neuron) says how the neuron runs: its fused Function, or None to step it;
+        `exact`: x holds 0/1 spikes and the layer computes on integer codes (compute_precision bf16)."""
+        current = self.pooled_current(x, time_chunk, exact)
         if self.bn is not None:
             if num_steps is not None:
                 current = batch_norm_static(current, self.bn, num_steps)
@@ -180,17 +198,28 @@ class SpikingConvBlock(nn.Module):
         return run_neuron(self.lif, current, fused, num_steps, self.state_levels)
 
 
-def conv_over_time(x, weight, time_chunk, stride=2, padding=0):
+def conv_over_time(x, weight, time_chunk, stride=2, padding=0, integer=None):
     """Conv (stride 2: the paper's folded pool) of every step of x [T, B, C, H, W], time_chunk steps per call
-    (0: all at once)."""
+    (0: all at once). integer: (codes, scale, kernel) to run it exactly on 0/1 spikes (qsnn.core.precision)."""
     steps = x.shape[0]
     chunk = steps if time_chunk <= 0 else time_chunk
     layout = channels_last_on(x)
     weight = weight.contiguous(memory_format=layout)
-    # unbind/split give views; indexing x[t] inside autograd would cost a full-size gradient per step.
-    outputs = [F.conv2d(part.flatten(0, 1).contiguous(memory_format=layout), weight, stride=stride,
-                        padding=padding).unflatten(0, part.shape[:2]) for part in x.split(chunk, dim=0)]
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+
+    def conv(part):  # [t, B, C, H, W] -> [t, B, O, H', W']
+        maps = part.flatten(0, 1)
+        if integer is not None:
+            codes, scale, kernel = integer
+            out = exact_spike_layer(maps, weight, codes, scale, kernel, (stride, padding))
+        else:
+            out = F.conv2d(maps.contiguous(memory_format=layout), weight, stride=stride, padding=padding)
+        return out.unflatten(0, part.shape[:2])
+
+    # One call: no split (its backward would copy the whole input gradient). Several: split gives views;
+    # indexing x[t] inside autograd would cost a full-size gradient per step.
+    if chunk >= steps:
+        return conv(x)
+    return torch.cat([conv(part) for part in x.split(chunk, dim=0)], dim=0)
 
 
 # oneDNN's NHWC (channels_last) kernels on CPU: a paper-MNIST training iteration 9% faster (0.547 against
@@ -218,10 +247,28 @@ class SpikingHead(nn.Module):
         """Reference: one time step on x [B, ...]; returns (spk, mem, state)."""
         return neuron_step(self.lif, self.dropout(self.fc(x.flatten(1))), state)
 
-    def run(self, x, fused):
-        """Fast: all steps of x [T, B, ...] in one matmul."""
-        current = self.dropout(F.linear(x.flatten(2), effective_weight(self.fc)))
-        return run_neuron(self.lif, current, fused, state_levels=self.state_levels)
+    def run(self, x, fused, exact=False):
+        """Fast: all steps of x [T, B, ...] in one matmul (exact: on integer codes, as SpikingConvBlock.run)."""
+        found = integer_weight(self.fc) if exact else None
+        kernel, why = exact_kernel(found[1], x.device) if found else (None, "float weights have no integer codes")
+        if exact and kernel is None:
+            warnings.warn(f"compute_precision bf16: the head stays fp32 ({why})", stacklevel=4)
+        features, weights = _flat_features(x, [found[0], found[1]] if kernel else [effective_weight(self.fc)])
+        if kernel:
+            current = exact_spike_layer(features.flatten(0, 1), *weights, found[2], kernel).unflatten(0, x.shape[:2])
+        else:
+            current = F.linear(features, weights[0])
+        return run_neuron(self.lif, self.dropout(current), fused, state_levels=self.state_levels)
+
+
+def _flat_features(x, weights):
+    """(x [T, B, ...] as [T, B, F] without a copy, the [O, F] weights with their columns in that order):
+    a channels_last map [T, B, C, H, W] is read in (h, w, c) order."""
+    if x.dim() == 5 and not x[0].is_contiguous() and x[0].is_contiguous(memory_format=torch.channels_last):
+        channels, height, width = x.shape[2:]
+        columns = [w.unflatten(1, (channels, height, width)).permute(0, 2, 3, 1).flatten(1) for w in weights]
+        return x.permute(0, 1, 3, 4, 2).flatten(2), columns
+    return x.flatten(2), weights
 
 
 class QSNN(nn.Module):
@@ -235,8 +282,11 @@ class QSNN(nn.Module):
                  threshold=1.0, slope=25.0, dropout=0.0, batch_norm=True, kernel_size=5,
                  execution="fast", time_chunk=0, state_bits=None, padding=0, pool=2, neuron="leaky",
                  reset_mechanism="subtract", surrogate="fast_sigmoid", surrogate_alpha=2.0, learn_beta=False,
-                 learn_threshold=False, learn_per_channel=False, alpha=0.9):
+                 learn_threshold=False, learn_per_channel=False, alpha=0.9, compute_precision="fp32"):
         super().__init__()
+        if compute_precision not in PRECISIONS:
+            raise UserError(f"--compute_precision {compute_precision!r} is not allowed; use fp32 or bf16")
+        self.compute_precision = compute_precision  # bf16: the fast path's spike-fed layers (qsnn.core.precision)
         layers = conv_layers(channels, kernel_size, padding, pool)
         problem = geometry_problem(input_size, layers)
         if problem:
@@ -299,11 +349,13 @@ class QSNN(nn.Module):
             warnings.warn(f"the fast execution steps these neurons one time step at a time (its fused path does "
                           f"not implement {'; '.join(self._named(problems))})", stacklevel=3)
         fused = [None if found else self.fused_neuron(module) for module, found in zip(modules, problems)]
+        # A layer's input is 0/1 spikes when the layer before it fired through a fused neuron.
+        spikes_in = [False] + [self.compute_precision == "bf16" and f is not None for f in fused[:-1]]
         layers, out = [], x
         for i, block in enumerate(self.blocks):
-            out, mem = block.run(out, fused[i], num_steps if i == 0 else None, self.time_chunk)
+            out, mem = block.run(out, fused[i], num_steps if i == 0 else None, self.time_chunk, spikes_in[i])
             layers.append((out, mem))
-        layers.append(self.head.run(out, fused[-1]))
+        layers.append(self.head.run(out, fused[-1], spikes_in[-1]))
         return layers
 
     def fused_neuron(self, module):
@@ -334,6 +386,7 @@ def build_model(cfg):
                 threshold=cfg["threshold"], slope=cfg["slope"], dropout=cfg["dropout"],
                 batch_norm=cfg["batch_norm"], execution=cfg["execution"],
                 time_chunk=cfg["time_chunk"], state_bits=cfg.get("state_bits"),
+                compute_precision=cfg.get("compute_precision", "fp32"),  # older configs predate the key
                 **{key: cfg.get(key, NEURON_DEFAULTS[key].default) for key in NEURON_KEYS})
 
 

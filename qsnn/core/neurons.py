@@ -29,6 +29,17 @@ from qsnn.core.neuron_names import NEURONS, RESETS, SURROGATES  # noqa: F401 (re
 from qsnn.core.surrogates import surrogate_grad
 
 
+def _new_trace(current, static, steps, shape):
+    """An empty [steps, *shape] trace laid out per step as `current` is: a channels_last current (the
+    spike-fed convolutions' layout on CPU) gives channels_last spikes, which the next conv reads without a copy."""
+    step = current if static else current[0]
+    if len(shape) == 4 and tuple(step.shape) == tuple(shape) and not step.is_contiguous() \
+            and step.is_contiguous(memory_format=torch.channels_last):
+        batch, channels, height, width = shape
+        return current.new_empty((steps, batch, height, width, channels)).permute(0, 1, 4, 2, 3)
+    return current.new_empty((steps, *shape))
+
+
 def _reduce_to(grad, like):
     """Sum a [T, B, ...] gradient to the shape of a parameter that broadcast against [B, ...]."""
     return grad.sum(0).sum_to_size(like.shape) if like.dim() else grad.sum()
@@ -50,8 +61,8 @@ class _LIFSequence(torch.autograd.Function):
         static = num_steps is not None
         steps = num_steps if static else current.shape[0]
         shape = torch.broadcast_shapes(current.shape if static else current.shape[1:], beta.shape, threshold.shape)
-        spk = current.new_empty((steps, *shape))
-        mem = current.new_empty((steps, *shape))
+        spk = _new_trace(current, static, steps, shape)
+        mem = _new_trace(current, static, steps, shape)
         # [T, ...] inputs are read step by step with unbind: a view per step, no copies.
         inputs = [current] * steps if static else current.unbind(0)
         for t, cur in enumerate(inputs):
@@ -109,8 +120,8 @@ class _SynapticSequence(torch.autograd.Function):
         steps = num_steps if static else current.shape[0]
         shape = torch.broadcast_shapes(current.shape if static else current.shape[1:], alpha.shape, beta.shape,
                                        threshold.shape)
-        spk, mem = current.new_empty((steps, *shape)), current.new_empty((steps, *shape))
-        syn = current.new_empty(shape)
+        spk, mem = _new_trace(current, static, steps, shape), _new_trace(current, static, steps, shape)
+        syn = torch.empty_like(mem[0])
         inputs = [current] * steps if static else current.unbind(0)
         for t, cur in enumerate(inputs):
             if t == 0:

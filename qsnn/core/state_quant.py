@@ -44,7 +44,7 @@ def nearest_level(x, levels):
 
 def _take(levels, index):
     """levels[index] for an index tensor of any shape (index_select: the fastest gather on CPU)."""
-    return levels.index_select(0, index.view(-1)).view(index.shape)
+    return levels.index_select(0, index.reshape(-1)).view(index.shape)  # reshape: index may be channels_last
 
 
 def membrane_quantizer(levels, current, threshold):

@@ -9,6 +9,7 @@ default here (the paper's MNIST values where the datasets differ).
 from dataclasses import dataclass
 
 from qsnn.core.neuron_names import NEURONS, RESETS, SURROGATES
+from qsnn.core.precision import PRECISIONS
 from qsnn.core.schedules import PERIODS
 from qsnn.core.schedules import EPOCHS_TWINS as _SCHEDULE_TWINS
 from qsnn.data import registry
@@ -205,6 +206,9 @@ KEYS = (
     _k("weight_clip", None, "training", "clamp weights to [-w, w] after every step; None = off", type=float,
        nullable=True, check=off_or_positive, allowed="None (off) or > 0"),
     _k("sync_batch_norm", False, "training", "under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)"),
+    _k("compute_precision", "fp32", "training", "fp32 | bf16: the fast execution's spike-fed layers (conv 2 on, the "
+       "head) on integer weight codes with exact sums (CPU: oneDNN int8) and their gradients in bf16; the first "
+       "layer, BatchNorm and the LIF recurrence stay fp32 (qsnn.core.precision)", choices=PRECISIONS),
     # learning-rate schedule
     _k("scheduler", "cosine", "schedule", "learning-rate schedule, stepped every iteration", choices=SCHEDULERS,
        in_folder_name=True),
