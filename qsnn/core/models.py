@@ -178,9 +178,11 @@ class SpikingConvBlock(nn.Module):
             warnings.warn(f"compute_precision bf16: a conv layer stays fp32 ({why})", stacklevel=4)
         weight = found[0] if found else fold_avg_pool(effective_weight(self.conv), self.pool_size)
         if x.dim() == 4:
-            layout = channels_last_on(x)  # its output's layout, which the LIF trace and the next conv keep
-            return F.conv2d(x.contiguous(memory_format=layout), weight.contiguous(memory_format=layout),
-                            stride=self.pool_size, padding=self.padding)
+            # channels_last on CPU: the LIF trace takes its current's layout, so the next conv reads its
+            # spikes without a copy (a one-channel image's conv comes out NCHW: made so, once per forward)
+            layout = channels_last_on(x)
+            current = F.conv2d(x, weight, stride=self.pool_size, padding=self.padding)
+            return current.contiguous(memory_format=layout)
         integer = (found[1], found[2], kernel) if kernel else None
         return conv_over_time(x, weight, time_chunk, self.pool_size, self.padding, integer)
 

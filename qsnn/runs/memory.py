@@ -17,7 +17,7 @@ def keep_freed_memory():
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))  # -1: never trim (man mallopt)
     except (OSError, AttributeError):  # not glibc (e.g. musl): leave the allocator alone
         return False
 
