@@ -3,6 +3,7 @@
     python evaluate.py runs/mnist_4bit_cosine/mnist_4bit_cosine_t0.pt          # best model of trial 0
     python evaluate.py runs/mnist_4bit_cosine/last_mnist_4bit_cosine_t0.pt     # state after the last epoch
     python evaluate.py CHECKPOINT --data_dir /data --device cuda --execution reference
+    python evaluate.py CHECKPOINT --compute_precision bf16      # spike-fed layers on integer codes (exact sums)
 
 The network, time steps and dataset come from the checkpoint's own config. A checkpoint is read with
 torch.load(weights_only=True), so a file received from someone else cannot run code. Everything in it
@@ -25,9 +26,10 @@ REMEDY = "give a <exp>_t<k>.pt or last_<exp>_t<k>.pt file that training wrote"
 # The config keys evaluation reads (build_model, make_loaders); the time steps come from the dataset's run.py.
 MODEL_KEYS = ("dataset", "num_bits", "beta", "threshold", "slope", "dropout", "batch_norm")
 RUN_KEYS = ("execution", "time_chunk", "data_dir", "test_batch_size", "tensor_data", "num_workers")
-OVERRIDABLE = ("data_dir", "execution", "test_batch_size")  # keys the command line can supply
-# Older checkpoints predate these; build_model reads their defaults then (None; the paper's conv layers).
-OPTIONAL_KEYS = ("state_bits", "conv_channels", "kernel_size", "padding", "pool")
+OVERRIDABLE = ("data_dir", "execution", "test_batch_size", "compute_precision")  # keys the command line can supply
+# Older checkpoints predate these (and the neuron keys, NEURON_KEYS); build_model reads their defaults then
+# (None; the paper's conv layers; fp32).
+OPTIONAL_KEYS = ("state_bits", "conv_channels", "kernel_size", "padding", "pool", "compute_precision")
 PLAIN_TYPES = (type(None), bool, int, float, str)  # what training writes into a checkpoint's config
 # (and, for the per-layer keys conv_channels, kernel_size, padding, pool and num_bits, lists of them)
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d{1,4})?")
@@ -49,6 +51,7 @@ def parse(argv):
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--execution", help="fast | reference (default: the checkpoint's)")
     parser.add_argument("--test_batch_size", type=integer, help="default: the checkpoint's")
+    parser.add_argument("--compute_precision", help="fp32 | bf16 (default: the checkpoint's)")
     return parser.parse_args(argv)
 
 
@@ -145,7 +148,9 @@ def evaluation_view(path, cfg, defaults):
         hint = f" (give {', '.join(given)} on the command line)" if given and len(given) == len(missing) else ""
         raise UserError(f"{path}: its config lacks {', '.join(missing)}, which evaluation needs{hint}; it was not "
                         f"written by this version's training: {REMEDY}")
-    return {k: cfg[k] for k in [*needed, *OPTIONAL_KEYS] if k in cfg}
+    from qsnn.core.models import NEURON_KEYS  # the neuron it was trained with (before: always the default)
+
+    return {k: cfg[k] for k in [*needed, *OPTIONAL_KEYS, *NEURON_KEYS] if k in cfg}
 
 
 def check_value_types(path, view, defaults):
@@ -197,6 +202,9 @@ def check_overrides(args):
     if args.execution is not None and args.execution not in CHOICES["execution"]:
         raise UserError(f"--execution {shorten(args.execution)} is not allowed; choose one of "
                         f"{', '.join(CHOICES['execution'])}")
+    if args.compute_precision is not None and args.compute_precision not in CHOICES["compute_precision"]:
+        raise UserError(f"--compute_precision {shorten(args.compute_precision)} is not allowed; choose one of "
+                        f"{', '.join(CHOICES['compute_precision'])}")
     if args.test_batch_size is not None and args.test_batch_size < 1:
         raise UserError(f"--test_batch_size {shorten(args.test_batch_size)} is not allowed; must be >= 1, "
                         "e.g. --test_batch_size 1000")

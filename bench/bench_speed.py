@@ -8,6 +8,7 @@ full MNIST training epoch.
     python bench/bench_speed.py                                   # defaults; prints a markdown table
     python bench/bench_speed.py --steps 20 --iters 2 --warmup 1   # a quick look
     python bench/bench_speed.py --time-chunks 0,1,10,all --compile --profile
+    python bench/bench_speed.py --no-reference --precisions fp32,bf16 --eval-batch 1000   # compute_precision
 
 See bench/README.md for how to read the output.
 """
@@ -41,6 +42,8 @@ from qsnn.core import models  # noqa: E402  (CHANNELS_LAST_ON_CPU, switched per 
 from qsnn.core.models import QSNN, architecture  # noqa: E402
 from qsnn.data import registry  # noqa: E402
 from qsnn.core.loop import clamp_weights, run_network, train_epoch  # noqa: E402
+from qsnn.core.precision import PRECISIONS  # noqa: E402
+import hardware  # noqa: E402  (bench/hardware.py: CPU features, peaks, oneDNN kernels, dense GFLOP)
 
 # The paper's settings (mnist/run.py, dvs128_gesture/run.py). Inputs are [B, ...] as the loaders
 # give them; qsnn.core.loop.run_network turns an event batch [B, T, ...] time-first, as training does.
@@ -121,11 +124,13 @@ def make_batch(cfg, steps, device, density):
 class Runner:
     """One way of running the network: its own copy of the weights, its own optimizer, its timings."""
 
-    def __init__(self, label, base, cfg, execution, time_chunk=0, compiled=False, channels_last=True):
-        self.label, self.cfg = label, cfg
+    def __init__(self, label, base, cfg, execution, time_chunk=0, compiled=False, channels_last=True,
+                 precision="fp32"):
+        self.label, self.cfg, self.precision = label, cfg, precision
         self.channels_last = channels_last  # models.CHANNELS_LAST_ON_CPU while this path runs
         self.module = copy.deepcopy(base)
         self.module.execution, self.module.time_chunk = execution, time_chunk
+        self.module.compute_precision = precision
         # dynamic=False: the shapes never change here, and dynamic-shape tracing of the LIF loop can fail.
         self.model = torch.compile(self.module, dynamic=False) if compiled else self.module
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=cfg["lr"], betas=(0.9, 0.999))
@@ -287,6 +292,10 @@ OPTIONS = [  # (flag, argparse keywords)
     ("--no-check", dict(action="store_true", help="skip the output/gradient agreement checks")),
     ("--nchw", dict(action="store_true", help="also time the fast path with NCHW convolutions (on CPU it uses "
                                               "channels_last: qsnn.core.models.CHANNELS_LAST_ON_CPU)")),
+    ("--precisions", dict(default="fp32", help="comma-separated compute_precision values of the fast path, e.g. "
+                                               "fp32,bf16 (each its own path, timed side by side)")),
+    ("--eval-batch", dict(type=int, help="evaluation batch (default: the training batch; the paper evaluates "
+                                         "MNIST in batches of 1000)")),
     ("--threads", dict(type=int, help="torch.set_num_threads (default: torch's choice)")),
     ("--malloc-default", dict(action="store_true", help="no qsnn.runs.memory.keep_freed_memory() (training calls it)")),
 ]
@@ -311,6 +320,11 @@ def parse_args():
     if not args.configs or set(args.configs) - set(CONFIGS):
         parser.error(f"--configs: choose from {', '.join(CONFIGS)}")
     args.full_epoch = args.full_epoch == "yes" or (args.full_epoch == "auto" and on_cuda)
+    args.precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not args.precisions or set(args.precisions) - set(PRECISIONS):
+        parser.error(f"--precisions: choose from {', '.join(PRECISIONS)}")
+    if args.eval_batch is not None and args.eval_batch < 1:
+        parser.error("--eval-batch must be >= 1")
     return args
 
 
@@ -330,6 +344,27 @@ def check_agreement(name, cfg, reference, x, y, steps, chunks, report):
                                    f"column still compares{hint}")
 
 
+def compare_precisions(name, cfg, runners, x, steps, report):
+    """Each compute_precision's fast path against the first one's, on the first's trained weights (eval mode):
+    differing output spikes and predictions, and the oneDNN kernels each ran (training, 8 samples)."""
+    fast = [p for p in runners if p.label.startswith("fast") and "NCHW" not in p.label]
+    first = fast[0]
+    with torch.no_grad():
+        first.module.eval()
+        counts = run_network(first.module, x, steps).sum(0)
+        for path in fast:
+            clone = copy.deepcopy(first.module)
+            clone.compute_precision = path.precision
+            other = run_network(clone, x, steps).sum(0)
+            same = (other.argmax(1) == counts.argmax(1)).float().mean().item()
+            # one training forward + backward on 8 samples: the forward's and the gradients' kernels
+            with torch.enable_grad():
+                kernels = hardware.onednn_kernels(lambda: run_network(clone.train(), x[:8], steps).sum().backward())
+            report["precisions"].append(dict(
+                config=name, path=path.label, spikes=int((other != counts).sum()), elements=counts.numel(),
+                same=100 * same, kernels=", ".join(f"{kind} {impl}" for kind, impl in kernels) or "n/a"))
+
+
 def bench_config(name, args, meter, report):
     """Time, check and optionally profile one config; adds rows to the report's lists."""
     cfg, device = CONFIGS[name], args.device
@@ -339,8 +374,9 @@ def bench_config(name, args, meter, report):
     base = QSNN(**ARCHITECTURES[cfg["kind"]], **cfg["model"]).to(device)
     x, y = make_batch(cfg, steps, device, args.event_density)
     runners = [] if args.no_reference else [Runner("reference", base, cfg, "reference")]
-    runners += [Runner(f"fast (time_chunk={item}{': all steps' if value in (0, steps) else ''})", base, cfg, "fast",
-                       value) for item, value in chunks]
+    runners += [Runner(f"fast (time_chunk={item}{': all steps' if value in (0, steps) else ''})"
+                       + ("" if precision == "fp32" else f", {precision}"), base, cfg, "fast", value,
+                       precision=precision) for precision in args.precisions for item, value in chunks]
     if args.nchw:  # the default layout beside the channels_last one the fast path uses on CPU
         runners.append(Runner(f"fast (time_chunk={chunks[0][0]}), NCHW convs", base, cfg, "fast", chunks[0][1],
                               channels_last=False))
@@ -348,15 +384,25 @@ def bench_config(name, args, meter, report):
         compiled = Runner(f"fast+compile (time_chunk={chunks[0][0]})", base, cfg, "fast", chunks[0][1], True)
         runners += [compiled] if compiles(compiled, x, y, steps, report["notes"]) else []
     log(f"{name}: batch {cfg['batch']}, {steps} steps, paths: {', '.join(p.label for p in runners)}")
+    eval_batch = args.eval_batch or cfg["batch"]
+    x_eval, y_eval = make_batch(dict(cfg, batch=eval_batch), steps, device, args.event_density)
+    static = cfg["kind"] == "image"
+    gflop = dict(zip(("train", "eval"), (
+        hardware.dense_gflop(base, ARCHITECTURES[cfg["kind"]]["input_size"], cfg["batch"], steps, static)[0],
+        hardware.dense_gflop(base, ARCHITECTURES[cfg["kind"]]["input_size"], eval_batch, steps, static)[1])))
     for phase in ("train", "eval"):
         log(f"{name}: timing {phase}")
-        timed = time_phase(runners, phase, x, y, steps, args.warmup, args.iters, meter)
+        batch_x, batch_y = (x, y) if phase == "train" else (x_eval, y_eval)
+        timed = time_phase(runners, phase, batch_x, batch_y, steps, args.warmup, args.iters, meter)
         ref_median = None if args.no_reference else timed["reference"].median
         for path in runners:
             m = timed[path.label]
-            report["timings"].append(dict(config=f"{name} (B={cfg['batch']}, T={steps})", phase=phase, m=m,
+            batch = cfg["batch"] if phase == "train" else eval_batch
+            report["timings"].append(dict(config=f"{name} (B={batch}, T={steps})", phase=phase, m=m,
                                           path=path.label, speedup=ref_median / m.median if ref_median else None,
-                                          memory=fmt_mib(path.memory[phase])))
+                                          memory=fmt_mib(path.memory[phase]), gflop=gflop[phase]))
+    if len(args.precisions) > 1:
+        compare_precisions(name, cfg, runners, x_eval, steps, report)
     if not (args.no_reference or args.no_check):
         log(f"{name}: agreement of the fast path with the reference")
         check_agreement(name, cfg, runners[0], x, y, steps, chunks, report)
@@ -408,10 +454,26 @@ def print_agreement(report, args):
 def print_report(header, report, meter, args):
     """The markdown report on stdout."""
     print(f"\n{header}\n")
-    print_table(["config", "phase", "path", "s/it median [min–max]", "it/s:", "× ref:", meter.label + ":"],
+    peaks = report["peaks"]
+    print("Host peaks (" + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()) + f"): a "
+          f"{hardware.PEAK_SIZE}^3 matmul, best of 3.\n")
+    print_table(["config", "phase", "path", "s/it median [min–max]", "it/s:", "× ref:", "GFLOP/it:", "GFLOP/s:",
+                 "% of fp32 / bf16 / int8 peak:", meter.label + ":"],
                 [[r["config"], r["phase"], r["path"], f"{fmt_s(r['m'].median)} [{fmt_s(min(r['m'].times))}–"
                   f"{fmt_s(max(r['m'].times))}]", f"{1 / r['m'].median:.2f}",
-                  "–" if r["speedup"] is None else f"{r['speedup']:.2f}", r["memory"]] for r in report["timings"]])
+                  "–" if r["speedup"] is None else f"{r['speedup']:.2f}", f"{r['gflop']:.1f}",
+                  f"{r['gflop'] / r['m'].median:.0f}",
+                  " / ".join(f"{100 * r['gflop'] / r['m'].median / peaks[k]:.0f}" if k in peaks else "–"
+                             for k in ("fp32", "bf16", "int8")), r["memory"]] for r in report["timings"]])
+    print("\nGFLOP/it: the dense arithmetic of the convolutions (pools folded in) and the head, as the fast path "
+          "runs them: eval the forward; train also the input and weight gradients. The reference path does the "
+          "same arithmetic with unfolded kernels.")
+    if report["precisions"]:
+        print("\ncompute_precision against the first fast path (its weights after its training iterations, eval "
+              "mode, the eval batch), and the oneDNN kernels each ran in a training forward + backward:\n")
+        print_table(["config", "path", "differing output spike counts:", "same prediction %:", "oneDNN kernels"],
+                    [[c["config"], c["path"], f"{c['spikes']} / {c['elements']}", f"{c['same']:.2f}", c["kernels"]]
+                     for c in report["precisions"]])
     print("\ntrain = forward + mse_count_loss + backward + Adam step (DVS: + grad-norm clip 1.0 and weight clamp 1.0);"
           " eval = forward under no_grad in eval mode, same batch. × ref = reference median / this median.")
     print(MEMORY_NOTES[meter.kind])
@@ -442,13 +504,17 @@ def main():
         torch.backends.cudnn.benchmark = True  # as qsnn.runs.experiment sets it for training
         torch.cuda.set_device(args.device.index or 0)  # the benchmark clock synchronises the current device
     cuda = f" | CUDA {torch.version.cuda}, cudnn.benchmark on" if on_cuda else ""
-    header = (f"device: {device_description(args.device)} | torch {torch.__version__} | snntorch {snntorch.__version__}"
+    features = "" if on_cuda else f" | {hardware.cpu_features()}"
+    header = (f"device: {device_description(args.device)}{features} | torch {torch.__version__}"
+              f" | snntorch {snntorch.__version__}"
               f" | brevitas {brevitas.__version__}{cuda}"
               f" | threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}) | malloc: {malloc}"
               f" | warm-up {args.warmup}, timed {args.iters} per path and phase")
     log(header)
     meter = PeakMemory(args.device)
-    report = dict(timings=[], checks=[], grads=[], epochs=[], notes=[], profiles=[])
+    report = dict(timings=[], checks=[], grads=[], epochs=[], notes=[], profiles=[], precisions=[])
+    log("measuring the host's matmul peaks")
+    report["peaks"] = hardware.matmul_peaks(args.device)
     if args.full_epoch and "mnist" not in args.configs:
         report["notes"].append("the full epoch is an MNIST epoch: add mnist to --configs to time it")
     for name in args.configs:

@@ -4,7 +4,7 @@
 #   bash bench/gpu_report.sh DATA_DIR        # DATA_DIR/MNIST/raw/ holds the four MNIST files (.gz or not)
 #
 # Prints (1) the benchmark table (reference vs fast execution, MNIST and DVS shapes, with the
-# agreement checks), (2) the wall time of each full MNIST epoch at the paper's config, data loading
+# agreement checks; then fp32 against compute_precision bf16 with GFLOP/s against the GPU's matmul peaks), (2) the wall time of each full MNIST epoch at the paper's config, data loading
 # and evaluation included, and (3) the test accuracy after 3 epochs. Nothing is written to the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 echo "== 1. benchmark (B=128, T=100 MNIST; B=16, T=100 DVS) =="
 python bench/bench_speed.py --device cuda --iters 20 --warmup 5 --time-chunks 0 --full-epoch no
+
+echo "== 1b. compute_precision fp32 against bf16, fast path only (eval in the paper's test batches of 1000) =="
+python bench/bench_speed.py --device cuda --iters 20 --warmup 5 --no-reference --precisions fp32,bf16 \
+  --eval-batch 1000 --full-epoch no
 
 echo "== 2-3. the paper's MNIST config (4-bit, T=100, batch 128, cosine), 1 trial, 3 epochs =="
 start=$(date +%s)

@@ -21,8 +21,20 @@ def run_bench(script, *args):
 
 def test_bench_speed_times_the_fast_path():
     out = run_bench("bench_speed.py", "--device", "cpu", "--iters", "1", "--warmup", "0", "--steps", "2",
-                    "--configs", "mnist", "--no-reference", "--threads", "1")
+                    "--configs", "mnist", "--no-reference", "--threads", "1", "--precisions", "fp32,bf16",
+                    "--eval-batch", "16")
     assert "mnist" in out.lower() and "s/it" in out
+    assert "CPU features:" in out and "Host peaks (fp32" in out and "% of fp32 / bf16 / int8 peak" in out
+    assert "mnist (B=16, T=2) | eval | fast (time_chunk=0: all steps), bf16" in out
+    assert "| mnist | fast (time_chunk=0: all steps), bf16 | 0 / 160 | 100.00 |" in out  # exact: same counts
+
+
+def test_precision_agreement_compares_fp32_and_bf16_on_a_checkpoint(tmp_path):
+    from conftest import untrained_run_folder
+
+    folder = untrained_run_folder(tmp_path)
+    out = run_bench("precision_agreement.py", str(folder / "tiny_t0.pt"), "--threads", "1")
+    assert "fp32: test accuracy" in out and "bf16: test accuracy" in out and "identical predictions:" in out
 
 
 def test_bench_neurons_times_fused_and_stepped_neurons():

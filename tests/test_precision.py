@@ -183,3 +183,16 @@ def test_first_layer_spikes_stay_channels_last_and_the_head_reads_them_in_order(
         mixed = layers[1][0]
         features, (weight,) = models._flat_features(mixed, [net.head.fc.weight])
         assert torch.equal(F.linear(features, weight), F.linear(mixed.contiguous().flatten(2), net.head.fc.weight))
+
+
+def test_evaluate_keeps_the_trained_neuron_and_takes_compute_precision_from_the_command_line(tmp_path):
+    import evaluate
+    from conftest import untrained_run_folder
+
+    folder = untrained_run_folder(tmp_path, reset_mechanism="zero", surrogate="atan")
+    path = folder / "tiny_t0.pt"
+    checkpoint = evaluate.read_checkpoint(path)
+    cfg = evaluate.test_config(path, checkpoint, evaluate.parse([str(path), "--compute_precision", "bf16"]))
+    assert (cfg["reset_mechanism"], cfg["surrogate"], cfg["compute_precision"]) == ("zero", "atan", "bf16")
+    assert evaluate.test_config(path, checkpoint, evaluate.parse([str(path)]))["compute_precision"] == "fp32"
+    assert evaluate.main([str(path), "--compute_precision", "int4"]) == 2
