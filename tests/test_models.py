@@ -263,3 +263,23 @@ def test_fast_execution_steps_neuron_settings_it_does_not_fuse(change, words):
     with pytest.warns(UserWarning, match=f"fast execution steps these neurons .*{words}"):
         agreement = compare_executions(reference, x, steps)
     assert all(layer.identical for layer in agreement.layers), agreement.layers
+
+
+def test_inference_without_record_keeps_two_membranes_and_the_same_outputs():
+    """forward(record=False) under no_grad lets hidden Leaky layers keep two membranes; the outputs are the same."""
+    reference, fast, generator = paired_nets("image", 4, seed=3)
+    x, steps = dyadic_input("image", generator)
+    with torch.no_grad():
+        layers = fast.eval()(x, steps, record=True)
+        spikes, mem = fast(x, steps)
+    assert torch.equal(spikes, layers[-1][0]) and torch.equal(mem, layers[-1][1])
+    current = torch.randn(5, 3, 4, 2, 2, generator=generator)
+    beta, threshold = torch.tensor(0.75), torch.tensor(0.5)
+    full_spikes, full_mem = lif_sequence(current, beta, threshold, 5.0)
+    with torch.no_grad():
+        two_spikes, two_mem = lif_sequence(current, beta, threshold, 5.0, keep_membrane=False)
+    assert torch.equal(full_spikes, two_spikes) and two_mem.shape[0] == 2
+    assert torch.equal(two_mem[(5 - 1) % 2], full_mem[-1])  # the last step's membrane is in its slot
+    trained = current.clone().requires_grad_()
+    kept = lif_sequence(trained, beta, threshold, 5.0, keep_membrane=False)[1]  # a backward needs them all
+    assert kept.shape[0] == 5

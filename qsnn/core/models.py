@@ -178,15 +178,11 @@ class SpikingConvBlock(nn.Module):
             warnings.warn(f"compute_precision bf16: a conv layer stays fp32 ({why})", stacklevel=4)
         weight = found[0] if found else fold_avg_pool(effective_weight(self.conv), self.pool_size)
         if x.dim() == 4:
-            # channels_last on CPU: the LIF trace takes its current's layout, so the next conv reads its
-            # spikes without a copy (a one-channel image's conv comes out NCHW: made so, once per forward)
-            layout = channels_last_on(x)
-            current = F.conv2d(x, weight, stride=self.pool_size, padding=self.padding)
-            return current.contiguous(memory_format=layout)
+            return F.conv2d(x, weight, stride=self.pool_size, padding=self.padding)
         integer = (found[1], found[2], kernel) if kernel else None
         return conv_over_time(x, weight, time_chunk, self.pool_size, self.padding, integer)
 
-    def run(self, x, fused, num_steps=None, time_chunk=0, exact=False):
+    def run(self, x, fused, num_steps=None, time_chunk=0, exact=False, keep_membrane=True):
         """Fast: all steps of x [T, B, C, H, W], or of a static x [B, C, H, W] repeated num_steps times.
 
         `fused` (QSNN.fused_neuron) says how the neuron runs: its fused Function, or None to step it;
@@ -197,7 +193,11 @@ class SpikingConvBlock(nn.Module):
                 current = batch_norm_static(current, self.bn, num_steps)
             else:
                 current = batch_norm_over_time(current, self.bn)
-        return run_neuron(self.lif, current, fused, num_steps, self.state_levels)
+        if num_steps is not None:
+            # channels_last on CPU (after BatchNorm, which must round as the reference's NCHW calls do): the
+            # LIF trace takes its current's layout, so the next conv reads these spikes without a copy
+            current = current.contiguous(memory_format=channels_last_on(current))
+        return run_neuron(self.lif, current, fused, num_steps, self.state_levels, keep_membrane)
 
 
 def conv_over_time(x, weight, time_chunk, stride=2, padding=0, integer=None):
@@ -327,8 +327,10 @@ class QSNN(nn.Module):
         """
         if (num_steps is None) == (x.dim() == 4):
             raise ValueError("give num_steps with a static [B, C, H, W] input and only then")
-        run = self._run_reference if self.execution == "reference" else self._run_fast
-        layers = run(x, num_steps)
+        if self.execution == "reference":
+            layers = self._run_reference(x, num_steps)
+        else:  # the hidden layers' membranes are needed only when recorded or for the backward
+            layers = self._run_fast(x, num_steps, keep_membranes=record)
         return layers if record else layers[-1]
 
     def _run_reference(self, x, num_steps):
@@ -344,7 +346,7 @@ class QSNN(nn.Module):
                 record[i][1].append(mem)
         return [(torch.stack(spk), torch.stack(mem)) for spk, mem in record]
 
-    def _run_fast(self, x, num_steps):
+    def _run_fast(self, x, num_steps, keep_membranes=True):
         modules = [*self.blocks, self.head]
         problems = [self._neuron_problems(module) for module in modules]  # checked once per forward
         if any(problems):  # stepped: still exact, only slower
@@ -355,7 +357,8 @@ class QSNN(nn.Module):
         spikes_in = [False] + [self.compute_precision == "bf16" and f is not None for f in fused[:-1]]
         layers, out = [], x
         for i, block in enumerate(self.blocks):
-            out, mem = block.run(out, fused[i], num_steps if i == 0 else None, self.time_chunk, spikes_in[i])
+            out, mem = block.run(out, fused[i], num_steps if i == 0 else None, self.time_chunk, spikes_in[i],
+                                 keep_membranes)
             layers.append((out, mem))
         layers.append(self.head.run(out, fused[-1], spikes_in[-1]))
         return layers

@@ -7,14 +7,17 @@ from torch import nn
 from qsnn.core.neurons import lif_sequence, step_sequence, synaptic_sequence
 from qsnn.errors import UserError
 
-def run_neuron(lif, current, fused, num_steps=None, state_levels=None):
-    """Fast: the neuron over every step of `current`, by its fused Function (fused: a dict) or by stepping lif."""
+def run_neuron(lif, current, fused, num_steps=None, state_levels=None, keep_membrane=True):
+    """Fast: the neuron over every step of `current`, by its fused Function (fused: a dict) or by stepping lif.
+
+    keep_membrane=False: the caller discards the membranes (a Leaky may then keep only the last two steps)."""
     if fused is None:
         return step_sequence(lif, current, num_steps)
     common = dict(reset=fused["reset"], surrogate=fused["surrogate"])
     if isinstance(lif, snn.Synaptic):
         return synaptic_sequence(current, lif.alpha, lif.beta, lif.threshold, fused["param"], num_steps, **common)
-    return lif_sequence(current, lif.beta, lif.threshold, fused["param"], num_steps, state_levels, **common)
+    return lif_sequence(current, lif.beta, lif.threshold, fused["param"], num_steps, state_levels,
+                        keep_membrane=keep_membrane, **common)
 
 
 # snnTorch 1.0 picks the reset from reset_mechanism once, in __init__ (setting reset_mechanism later

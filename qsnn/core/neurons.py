@@ -57,27 +57,30 @@ def _fire_grads(ctx, grad_spk, grad_mem, mem, threshold, keep_spike_part):
 
 class _LIFSequence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, current, beta, threshold, reset, surrogate, param, num_steps, quantize):
+    def forward(ctx, current, beta, threshold, reset, surrogate, param, num_steps, quantize, keep_membrane=True):
         static = num_steps is not None
         steps = num_steps if static else current.shape[0]
         shape = torch.broadcast_shapes(current.shape if static else current.shape[1:], beta.shape, threshold.shape)
         spk = _new_trace(current, static, steps, shape)
-        mem = _new_trace(current, static, steps, shape)
+        # Without keep_membrane (inference that discards the membranes) two membranes take turns.
+        slots = steps if keep_membrane else min(steps, 2)
+        mem = _new_trace(current, static, slots, shape)
         # [T, ...] inputs are read step by step with unbind: a view per step, no copies.
         inputs = [current] * steps if static else current.unbind(0)
         for t, cur in enumerate(inputs):
+            now, before = mem[t % slots], mem[(t - 1) % slots]
             # Written straight into the trace, in snnTorch's order of operations (same rounding).
             if t == 0:
-                mem[0].copy_(cur)  # beta * 0 + I, and no reset from a zero membrane
+                now.copy_(cur)  # beta * 0 + I, and no reset from a zero membrane
             elif reset == "zero":
-                torch.mul(mem[t - 1], 1 - spk[t - 1], out=mem[t]).mul_(beta).add_(cur)
+                torch.mul(before, 1 - spk[t - 1], out=now).mul_(beta).add_(cur)
             else:
-                torch.mul(mem[t - 1], beta, out=mem[t]).add_(cur)
+                torch.mul(before, beta, out=now).add_(cur)
                 if reset == "subtract":
-                    mem[t].addcmul_(spk[t - 1], threshold, value=-1)
+                    now.addcmul_(spk[t - 1], threshold, value=-1)
             if quantize is not None:
-                mem[t].copy_(quantize(mem[t]))
-            torch.gt(mem[t], threshold, out=spk[t])
+                now.copy_(quantize(now))
+            torch.gt(now, threshold, out=spk[t])
         ctx.save_for_backward(mem, beta, threshold)
         ctx.reset, ctx.surrogate, ctx.param, ctx.static = reset, surrogate, param, static
         ctx.set_materialize_grads(False)
@@ -100,7 +103,7 @@ class _LIFSequence(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # what beta multiplies: the old membrane, zeroed where it fired
             grad_beta = _reduce_to(grad[1:] * (mem[:-1] * (1 - fired[:-1]) if zero else mem[:-1]), beta)
         grad_threshold = _threshold_grad(ctx.reset, spike_part, threshold, grad, fired)
-        return grad_current, grad_beta, grad_threshold, None, None, None, None, None
+        return grad_current, grad_beta, grad_threshold, None, None, None, None, None, None
 
 
 def _threshold_grad(reset, spike_part, threshold, grad_pre, fired):
@@ -162,20 +165,25 @@ class _SynapticSequence(torch.autograd.Function):
 
 
 def lif_sequence(current, beta, threshold, slope, num_steps=None, state_levels=None, reset="subtract",
-                 surrogate="fast_sigmoid"):
+                 surrogate="fast_sigmoid", keep_membrane=True):
     """Run a Leaky layer over all time steps; returns (spikes, membrane), each [T, B, ...].
 
     `current` is [T, B, ...], or [B, ...] with `num_steps` set when the same current enters at
     every step. `beta` and `threshold` are tensors (a `snntorch.Leaky`'s buffers or parameters:
     gradients flow to them). `slope` is the surrogate's parameter (`qsnn.core.surrogates`).
-    `state_levels` (from `state_levels`) quantizes the membrane after every update.
+    `state_levels` (from `state_levels`) quantizes the membrane after every update. keep_membrane=False
+    (inference that discards the membranes): the returned membrane holds only the last two steps.
     """
     beta = beta.clamp(0, 1).to(current.dtype)  # snnTorch clamps beta in every forward
     threshold = threshold.to(current.dtype)
     quantize = None
     if state_levels is not None:
         quantize = membrane_quantizer(state_levels.to(current.dtype), current, threshold)
-    return _LIFSequence.apply(current, beta, threshold, reset, surrogate, _param(slope), num_steps, quantize)
+    if not keep_membrane and torch.is_grad_enabled() and (current.requires_grad or beta.requires_grad
+                                                          or threshold.requires_grad):
+        keep_membrane = True  # the backward needs every membrane
+    return _LIFSequence.apply(current, beta, threshold, reset, surrogate, _param(slope), num_steps, quantize,
+                              keep_membrane)
 
 
 def synaptic_sequence(current, alpha, beta, threshold, param, num_steps=None, reset="subtract",
