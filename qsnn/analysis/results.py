@@ -303,13 +303,19 @@ def read_status(folder: Path) -> dict[int, dict]:
 
 
 def with_settings(runs: list[Run]) -> list[Run]:
-    """Set each run's setting: the experiment keys whose values differ among runs sharing its label."""
+    """Set each run's setting: the experiment keys whose values differ among runs sharing its label, except
+    a key at its default where the schema says so (compute_precision=fp32: every older run would show it)."""
     configs = pd.DataFrame([json.loads(run.experiment) for run in runs]).map(json.dumps)  # absent key: "NaN"
     labels = pd.Series([(run.dataset, run.precision, run.scheduler) for run in runs])
     differs = configs.groupby(labels).transform("nunique") > 1
-    return [replace(run, setting=printable(", ".join(f"{k}={json.loads(run.experiment).get(k)}"
-                                                     for k in sorted(configs.columns[row]))))
-            for run, row in zip(runs, differs.to_numpy())]
+
+    def shown(key, value):
+        return key not in schema.SCHEMA or schema.SCHEMA[key].setting_at_default or value != schema.SCHEMA[key].default
+
+    return [replace(run, setting=printable(", ".join(f"{k}={experiment.get(k)}" for k in sorted(configs.columns[row])
+                                                     if shown(k, experiment.get(k)))))
+            for run, row, experiment in zip(runs, differs.to_numpy(), (json.loads(r.experiment) for r in runs))]
+
 
 
 def row_order(run: Run) -> tuple:

@@ -55,6 +55,7 @@ class Key:
     # per-layer values: "per_layer" = one value of `type` for every layer, or a list with one per layer;
     # "list" = a list with one value per conv layer (a single value is a list of one)
     layers: str = ""
+    setting_at_default: bool = True  # False: a results-table row leaves it out of its setting at the default
 
     def __post_init__(self):
         """Fill the derived flags once, so every user reads the same answer."""
@@ -208,7 +209,8 @@ KEYS = (
     _k("sync_batch_norm", False, "training", "under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm)"),
     _k("compute_precision", "fp32", "training", "fp32 | bf16: the fast execution's spike-fed layers (conv 2 on, the "
        "head) on integer weight codes with exact sums (CPU: oneDNN int8) and their gradients in bf16; the first "
-       "layer, BatchNorm and the LIF recurrence stay fp32 (qsnn.core.precision)", choices=PRECISIONS),
+       "layer, BatchNorm and the LIF recurrence stay fp32 (qsnn.core.precision)", choices=PRECISIONS,
+       setting_at_default=False),
     # learning-rate schedule
     _k("scheduler", "cosine", "schedule", "learning-rate schedule, stepped every iteration", choices=SCHEDULERS,
        in_folder_name=True),
