@@ -41,6 +41,15 @@ for bits in ${PRECISIONS:-4 2 None}; do  # PRECISIONS="None" runs one precision 
       --epochs 5 --patience 5 --num_trials 3 $args --resume
   done
 done
+# The 4-bit periodic cell again with compute_precision bf16 (issue 22's parity check): seeds 0-1, and seed 2
+# in a folder of its own (so it could run in a second process); the results table pools the two.
+common="--num_bits 4 --num_steps 10 --epochs 5 --patience 5 --scheduler cosine --t_max 469 --compute_precision bf16"
+# shellcheck disable=SC2086
+python fashion_mnist/run.py --data_dir "$DATA" --output_dir "$OUT/schedules" \
+  --exp_name fashion_mnist_T10_4bit_periodic_bf16 --num_trials 2 --seed 0 $common --resume
+# shellcheck disable=SC2086
+python fashion_mnist/run.py --data_dir "$DATA" --output_dir "$OUT/schedules" \
+  --exp_name fashion_mnist_T10_4bit_periodic_bf16_s2 --num_trials 1 --seed 2 $common --resume
 fi
 
 if [ "$PART" = all ] || [ "$PART" = minima ]; then
