@@ -199,12 +199,10 @@ def check_overrides(args):
     """Refuse a command-line override that no run could use (before the checkpoint is read)."""
     from qsnn.runs.config import CHOICES
 
-    if args.execution is not None and args.execution not in CHOICES["execution"]:
-        raise UserError(f"--execution {shorten(args.execution)} is not allowed; choose one of "
-                        f"{', '.join(CHOICES['execution'])}")
-    if args.compute_precision is not None and args.compute_precision not in CHOICES["compute_precision"]:
-        raise UserError(f"--compute_precision {shorten(args.compute_precision)} is not allowed; choose one of "
-                        f"{', '.join(CHOICES['compute_precision'])}")
+    for key in ("execution", "compute_precision"):
+        value = getattr(args, key)
+        if value is not None and value not in CHOICES[key]:
+            raise UserError(f"--{key} {shorten(value)} is not allowed; choose one of {', '.join(CHOICES[key])}")
     if args.test_batch_size is not None and args.test_batch_size < 1:
         raise UserError(f"--test_batch_size {shorten(args.test_batch_size)} is not allowed; must be >= 1, "
                         "e.g. --test_batch_size 1000")

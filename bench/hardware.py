@@ -57,9 +57,8 @@ def matmul_peaks(device, size=PEAK_SIZE, repeats=3):
     """Achieved GFLOP/s (GOP/s for int8) of a size^3 matmul in fp32, bf16 and int8 (torch._int_mm)."""
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
-    cases = {"fp32": (a, b), "bf16": (a.bfloat16(), b.bfloat16())}
-    if device.type == "cpu" or torch.cuda.is_available():
-        cases["int8"] = (a.clamp(-1, 1).mul(100).to(torch.int8), b.clamp(-1, 1).mul(100).to(torch.int8))
+    cases = {"fp32": (a, b), "bf16": (a.bfloat16(), b.bfloat16()),
+             "int8": (a.clamp(-1, 1).mul(100).to(torch.int8), b.clamp(-1, 1).mul(100).to(torch.int8))}
     peaks = {}
     for name, (x, y) in cases.items():
         multiply = torch._int_mm if name == "int8" else torch.mm

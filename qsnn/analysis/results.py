@@ -317,7 +317,6 @@ def with_settings(runs: list[Run]) -> list[Run]:
             for run, row, experiment in zip(runs, differs.to_numpy(), (json.loads(r.experiment) for r in runs))]
 
 
-
 def row_order(run: Run) -> tuple:
     """Sort key of table rows: dataset, fp32 then bit widths high to low, scheduler, setting (numbers by value)."""
     bits = re.fullmatch(r"(\d+)bit", run.precision)

@@ -102,6 +102,18 @@ def integer_weight(layer, pool=1):
     return fold_avg_pool(quant.value, pool), codes, scale.contiguous()
 
 
+def exact_weights(layer, pool, exact, device, name):
+    """(integer_weight(layer, pool), its exact kernel) for a spike-fed layer under compute_precision bf16;
+    (None, None) when not asked for, and a warning naming the layer when it must stay fp32."""
+    if not exact:
+        return None, None
+    found = integer_weight(layer, pool)
+    kernel, why = exact_kernel(found[1], device) if found else (None, "float weights have no integer codes")
+    if kernel is None:
+        warnings.warn(f"compute_precision bf16: {name} stays fp32 ({why})", stacklevel=5)
+    return found, kernel
+
+
 def batch_norm_static(x, bn, num_steps):
     """BatchNorm of an input that is identical at all num_steps steps, as T sequential calls would leave it."""
     if not bn.training:
@@ -172,10 +184,7 @@ class SpikingConvBlock(nn.Module):
         (one map) or every step of x [T, B, C, H, W]; what the BatchNorm then normalises.
 
         exact (0/1 spikes in x, compute_precision bf16): integer codes with exact sums where a kernel allows."""
-        found = integer_weight(self.conv, self.pool_size) if exact else None
-        kernel, why = exact_kernel(found[1], x.device) if found else (None, "float weights have no integer codes")
-        if exact and kernel is None:
-            warnings.warn(f"compute_precision bf16: a conv layer stays fp32 ({why})", stacklevel=4)
+        found, kernel = exact_weights(self.conv, self.pool_size, exact, x.device, "a conv layer")
         weight = found[0] if found else fold_avg_pool(effective_weight(self.conv), self.pool_size)
         if x.dim() == 4:
             return F.conv2d(x, weight, stride=self.pool_size, padding=self.padding)
@@ -251,10 +260,7 @@ class SpikingHead(nn.Module):
 
     def run(self, x, fused, exact=False):
         """Fast: all steps of x [T, B, ...] in one matmul (exact: on integer codes, as SpikingConvBlock.run)."""
-        found = integer_weight(self.fc) if exact else None
-        kernel, why = exact_kernel(found[1], x.device) if found else (None, "float weights have no integer codes")
-        if exact and kernel is None:
-            warnings.warn(f"compute_precision bf16: the head stays fp32 ({why})", stacklevel=4)
+        found, kernel = exact_weights(self.fc, 1, exact, x.device, "the head")
         features, weights = _flat_features(x, [found[0], found[1]] if kernel else [effective_weight(self.fc)])
         if kernel:
             current = exact_spike_layer(features.flatten(0, 1), *weights, found[2], kernel).unflatten(0, x.shape[:2])
@@ -287,7 +293,7 @@ class QSNN(nn.Module):
                  learn_threshold=False, learn_per_channel=False, alpha=0.9, compute_precision="fp32"):
         super().__init__()
         if compute_precision not in PRECISIONS:
-            raise UserError(f"--compute_precision {compute_precision!r} is not allowed; use fp32 or bf16")
+            raise UserError(f"--compute_precision {compute_precision!r} is not allowed; use {' or '.join(PRECISIONS)}")
         self.compute_precision = compute_precision  # bf16: the fast path's spike-fed layers (qsnn.core.precision)
         layers = conv_layers(channels, kernel_size, padding, pool)
         problem = geometry_problem(input_size, layers)
@@ -391,11 +397,11 @@ def build_model(cfg):
                 threshold=cfg["threshold"], slope=cfg["slope"], dropout=cfg["dropout"],
                 batch_norm=cfg["batch_norm"], execution=cfg["execution"],
                 time_chunk=cfg["time_chunk"], state_bits=cfg.get("state_bits"),
-                compute_precision=cfg.get("compute_precision", "fp32"),  # older configs predate the key
-                **{key: cfg.get(key, NEURON_DEFAULTS[key].default) for key in NEURON_KEYS})
+                **{key: cfg.get(key, NEURON_DEFAULTS[key].default) for key in (*NEURON_KEYS, "compute_precision")})
 
 
-# The neuron keywords of QSNN; a config written before a key existed ran with its default here.
+# The neuron keywords of QSNN; a config written before a key existed (these, compute_precision) ran with its
+# default here.
 NEURON_KEYS = ("neuron", "reset_mechanism", "surrogate", "surrogate_alpha", "learn_beta", "learn_threshold",
                "learn_per_channel", "alpha")
 NEURON_DEFAULTS = inspect.signature(QSNN).parameters

@@ -43,12 +43,14 @@ def int8_kernels_available():
 
 
 def exact_kernel(codes, device):
-    """The exact forward for these integer codes ([O, ...]) on `device`: "int8", "bf16", or (None, why not)."""
+    """(kernel, why not) of the exact forward for these integer codes ([O, ...]) on `device`: ("int8", ""),
+    ("bf16", "") or (None, the reason)."""
     if device.type == "cpu":
         if not int8_kernels_available():
             return None, "this torch has no oneDNN int8 kernels"
-        if codes.abs().max() > INT8_MAX:
-            return None, f"its folded codes reach {int(codes.abs().max())}, beyond int8"
+        largest = int(codes.abs().max())
+        if largest > INT8_MAX:
+            return None, f"its folded codes reach {largest}, beyond int8"
         return "int8", ""
     bound = output_bound(codes)
     if bound > BF16_EXACT_INTEGERS:
@@ -62,8 +64,12 @@ def output_bound(codes):
     return int(torch.maximum(flat.clamp(min=0).sum(1), (-flat).clamp(min=0).sum(1)).max())
 
 
-def _as_uint8(spikes, layout):
-    return spikes.to(torch.uint8, memory_format=layout) if spikes.dim() == 4 else spikes.to(torch.uint8)
+def _cast(tensor, dtype):
+    """tensor in dtype; a conv's [N, C, H, W] in the layout its kernels take (channels_last on CPU)."""
+    if tensor.dim() != 4:
+        return tensor.to(dtype)
+    layout = torch.channels_last if tensor.device.type == "cpu" else torch.contiguous_format
+    return tensor.to(dtype, memory_format=layout)
 
 
 class _ExactSpikeLayer(torch.autograd.Function):
@@ -73,12 +79,11 @@ class _ExactSpikeLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spikes, weight, codes, scale, conv, kernel):
-        layout = torch.channels_last if spikes.device.type == "cpu" else torch.contiguous_format
         if kernel == "int8":
-            x = _as_uint8(spikes, layout)
+            x = _cast(spikes, torch.uint8)
             y = _int8_forward(x, codes.to(torch.int8), scale.float(), conv)
         else:  # bf16 with fp32 accumulation: exact because exact_kernel bounded every sum by 256
-            x = spikes.to(torch.bfloat16, memory_format=layout) if conv else spikes.to(torch.bfloat16)
+            x = _cast(spikes, torch.bfloat16)
             c = codes.to(torch.bfloat16)
             y = (F.conv2d(x, c, stride=conv[0], padding=conv[1]) if conv else F.linear(x, c)).float()
             y = y * (scale.view(1, -1, 1, 1) if conv else scale)
@@ -90,17 +95,13 @@ class _ExactSpikeLayer(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[:2]
-        x16, w16 = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        x16, w16, g16 = (_cast(t, torch.bfloat16) for t in (x, weight, grad_y))
         grad_x = grad_w = None
         if ctx.conv:
-            layout = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
-            g16 = grad_y.to(torch.bfloat16, memory_format=layout)
             stride, padding = ctx.conv
             grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-                g16, x16, w16.contiguous(memory_format=layout), None, [stride] * 2, [padding] * 2, [1, 1], False,
-                [0, 0], 1, [need_x, need_w, False])
+                g16, x16, w16, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1, [need_x, need_w, False])
         else:
-            g16 = grad_y.to(torch.bfloat16)
             grad_x = g16 @ w16 if need_x else None
             grad_w = g16.t() @ x16 if need_w else None
         return (None if grad_x is None else grad_x.float(), None if grad_w is None else grad_w.float(),
